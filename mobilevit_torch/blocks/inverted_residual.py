@@ -1,0 +1,38 @@
+"""MobileNetV2 inverted residual block (MV2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mobilevit_torch.layers import ConvNormAct
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never going below 90% of it.
+
+    The references compute the hidden width of MV2 blocks this way (MobileNetV2's rule).
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class InvertedResidual(nn.Module):
+    """MV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 linear projection, residual when shapes match.
+
+    MobileViT uses these for its local, down-sampling stages (arXiv 2110.02178, Fig. 1b and
+    Table 4); the expansion ratio is 2 for XXS and 4 for XS and S.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, *, stride: int, expand_ratio: float) -> None:
+        super().__init__()
+        hidden_chs = make_divisible(in_chs * expand_ratio)
+        self.use_residual = stride == 1 and in_chs == out_chs
+        self.expand = ConvNormAct(in_chs, hidden_chs, kernel_size=1)
+        self.depthwise = ConvNormAct(hidden_chs, hidden_chs, kernel_size=3, stride=stride, groups=hidden_chs)
+        self.project = ConvNormAct(hidden_chs, out_chs, kernel_size=1, apply_act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.use_residual else out

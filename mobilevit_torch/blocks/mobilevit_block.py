@@ -1,0 +1,107 @@
+"""The MobileViT block: local convolutions, a transformer across patches, fold back, fuse."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobilevit_torch.blocks.transformer import TransformerEncoderLayer
+from mobilevit_torch.layers import ConvNormAct
+
+
+def unfold_patches(x: Tensor, patch_h: int, patch_w: int) -> Tensor:
+    """Split a feature map into non-overlapping ``patch_h x patch_w`` patches (Fig. 1b, "Unfold").
+
+    Returns one sequence per pixel position inside a patch: element ``[b*P + p, n, c]`` is pixel
+    ``p = i*patch_w + j`` (row ``i``, column ``j`` within the patch) of patch ``n`` (patches in
+    row-major order) of image ``b``. ``H`` and ``W`` must be multiples of the patch size.
+    """
+    batch, chs, height, width = x.shape
+    rows, cols = height // patch_h, width // patch_w
+    # [B, C, H, W] -> [B, C, rows, patch_h, cols, patch_w]
+    x = x.reshape(batch, chs, rows, patch_h, cols, patch_w)
+    # [B, C, rows, patch_h, cols, patch_w] -> [B, patch_h, patch_w, rows, cols, C]
+    x = x.permute(0, 3, 5, 2, 4, 1)
+    # [B, patch_h, patch_w, rows, cols, C] -> [B*P, N, C]
+    return x.reshape(batch * patch_h * patch_w, rows * cols, chs)
+
+
+def fold_patches(x: Tensor, batch: int, height: int, width: int, patch_h: int, patch_w: int) -> Tensor:
+    """Inverse of :func:`unfold_patches` (Fig. 1b, "Fold"): ``[B*P, N, C] -> [B, C, H, W]``."""
+    chs = x.shape[-1]
+    rows, cols = height // patch_h, width // patch_w
+    # [B*P, N, C] -> [B, patch_h, patch_w, rows, cols, C]
+    x = x.reshape(batch, patch_h, patch_w, rows, cols, chs)
+    # [B, patch_h, patch_w, rows, cols, C] -> [B, C, rows, patch_h, cols, patch_w]
+    x = x.permute(0, 5, 3, 1, 4, 2)
+    # [B, C, rows, patch_h, cols, patch_w] -> [B, C, H, W]
+    return x.reshape(batch, chs, height, width)
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT block (arXiv 2110.02178, Section 3.1, Fig. 1b).
+
+    Local representation: 3x3 conv-BN-SiLU, then a 1x1 convolution to the transformer width ``d``
+    (no norm, no activation). Global representation: unfold into ``patch_size x patch_size``
+    patches, ``num_layers`` transformer layers across patches, LayerNorm, fold back. Fusion: 1x1
+    conv-BN-SiLU back to ``C``, concatenate with the block input, 3x3 conv-BN-SiLU.
+
+    When the feature map is not a multiple of the patch size it is resized (bilinear) up to the
+    next multiple before unfolding and back after folding, as ml-cvnets, timm and transformers do.
+    """
+
+    def __init__(
+        self,
+        chs: int,
+        *,
+        transformer_dim: int,
+        ffn_dim: int,
+        num_layers: int,
+        num_heads: int,
+        patch_size: int,
+        dropout: float = 0.0,
+        attn_drop: float = 0.0,
+        ffn_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_h = self.patch_w = patch_size
+        self.conv_local = ConvNormAct(chs, chs, kernel_size=3)
+        self.conv_in = nn.Conv2d(chs, transformer_dim, kernel_size=1, bias=False)
+        self.transformer = nn.Sequential(
+            *[
+                TransformerEncoderLayer(
+                    transformer_dim,
+                    num_heads=num_heads,
+                    ffn_dim=ffn_dim,
+                    dropout=dropout,
+                    attn_drop=attn_drop,
+                    ffn_drop=ffn_drop,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(transformer_dim)
+        self.conv_out = ConvNormAct(transformer_dim, chs, kernel_size=1)
+        self.conv_fusion = ConvNormAct(2 * chs, chs, kernel_size=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        y = self.conv_in(self.conv_local(x))
+
+        batch, _, height, width = y.shape
+        # Round up to whole patches; shapes are static per input size, so this traces/exports cleanly.
+        new_h = -(-height // self.patch_h) * self.patch_h
+        new_w = -(-width // self.patch_w) * self.patch_w
+        resized = new_h != height or new_w != width
+        if resized:
+            y = F.interpolate(y, size=(new_h, new_w), mode="bilinear", align_corners=False)
+
+        patches = unfold_patches(y, self.patch_h, self.patch_w)  # [B*P, N, d]
+        patches = self.norm(self.transformer(patches))
+        y = fold_patches(patches, batch, new_h, new_w, self.patch_h, self.patch_w)  # [B, d, H', W']
+
+        if resized:
+            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
+        y = self.conv_out(y)
+        return self.conv_fusion(torch.cat((shortcut, y), dim=1))

@@ -1,0 +1,7 @@
+"""Tier 1: the smallest building blocks (convolution unit, attention, feed-forward)."""
+
+from mobilevit_torch.layers.attention import MultiHeadAttention
+from mobilevit_torch.layers.conv_norm_act import ConvNormAct
+from mobilevit_torch.layers.mlp import Mlp
+
+__all__ = ["ConvNormAct", "Mlp", "MultiHeadAttention"]

@@ -1,0 +1,6 @@
+"""Tier 3: the MobileViT network, its variant table and registered builders."""
+
+from mobilevit_torch.models.mobilevit import MobileViT, mobilevit_s, mobilevit_xs, mobilevit_xxs
+from mobilevit_torch.models.variants import VARIANTS, MobileViTConfig, StageSpec
+
+__all__ = ["VARIANTS", "MobileViT", "MobileViTConfig", "StageSpec", "mobilevit_s", "mobilevit_xs", "mobilevit_xxs"]

@@ -1,0 +1,140 @@
+"""The MobileViT network and its registered variants (arXiv 2110.02178)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
+from mobilevit_torch.layers import ConvNormAct
+from mobilevit_torch.models.variants import VARIANTS, MobileViTConfig
+from mobilevit_torch.preprocessing import Preprocessing
+from mobilevit_torch.registry import register_model
+
+
+class MobileViT(nn.Module):
+    """MobileViT image classifier (Mehta & Rastegari, arXiv 2110.02178, Table 4).
+
+    3x3 stride-2 stem, five stages of MV2 blocks (stages 3-5 end in a MobileViT block), a 1x1
+    expansion, global average pooling, dropout and a linear classifier. ``forward`` returns logits.
+    """
+
+    def __init__(
+        self,
+        config: MobileViTConfig,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.1,
+        dropout: float | None = None,
+        attn_drop: float = 0.0,
+        ffn_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        self.preprocessing = Preprocessing()
+        self.class_names: list[str] | None = None
+        transformer_dropout = config.dropout if dropout is None else dropout
+
+        self.stem = ConvNormAct(in_chans, config.stem_chs, kernel_size=3, stride=2)
+        stages: list[nn.Module] = []
+        self.feature_info: list[dict[str, int | str]] = []
+        in_chs, reduction = config.stem_chs, 2
+        for index, spec in enumerate(config.stages):
+            blocks: list[nn.Module] = []
+            for depth_index in range(spec.depth):
+                stride = spec.stride if depth_index == 0 else 1
+                blocks.append(InvertedResidual(in_chs, spec.out_chs, stride=stride, expand_ratio=config.expand_ratio))
+                in_chs = spec.out_chs
+            if spec.has_transformer:
+                assert spec.transformer_dim is not None and spec.ffn_dim is not None
+                blocks.append(
+                    MobileViTBlock(
+                        spec.out_chs,
+                        transformer_dim=spec.transformer_dim,
+                        ffn_dim=spec.ffn_dim,
+                        num_layers=spec.num_layers,
+                        num_heads=config.num_heads,
+                        patch_size=config.patch_size,
+                        dropout=transformer_dropout,
+                        attn_drop=attn_drop,
+                        ffn_drop=ffn_drop,
+                    )
+                )
+            stages.append(nn.Sequential(*blocks))
+            reduction *= spec.stride
+            self.feature_info.append({"num_chs": spec.out_chs, "reduction": reduction, "module": f"stages.{index}"})
+        self.stages = nn.Sequential(*stages)
+        self.final_conv = ConvNormAct(in_chs, config.final_chs, kernel_size=1)
+        self.num_features = config.final_chs
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(config.final_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: features only)."""
+        self.num_classes = num_classes
+        self.class_names = None
+        device = self.final_conv.conv.weight.device
+        self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.classifier.apply(_init_weights)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """Stage outputs at strides 2, 4, 8, 16 and 32, for detection/segmentation heads."""
+        features = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map after the 1x1 expansion: ``[B, final_chs, H/32, W/32]``."""
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        # [B, C, h, w] -> [B, C, 1, 1] -> [B, C]
+        x = self.pool(x).flatten(1)
+        return self.classifier(self.head_drop(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # ml-cvnets' initialisation: He (fan-out) for convolutions, truncated normal for linear layers.
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# One-line builders: arguments are MobileViT's keyword-only arguments, so a typo raises TypeError.
+@register_model
+def mobilevit_xxs(**kwargs: Any) -> MobileViT:
+    """MobileViT-XXS, 1.27 M parameters (arXiv 2110.02178, Table 4)."""
+    return MobileViT(VARIANTS["xxs"], **kwargs)
+
+
+@register_model
+def mobilevit_xs(**kwargs: Any) -> MobileViT:
+    """MobileViT-XS, 2.32 M parameters (arXiv 2110.02178, Table 4)."""
+    return MobileViT(VARIANTS["xs"], **kwargs)
+
+
+@register_model
+def mobilevit_s(**kwargs: Any) -> MobileViT:
+    """MobileViT-S, 5.58 M parameters (arXiv 2110.02178, Table 4)."""
+    return MobileViT(VARIANTS["s"], **kwargs)

@@ -1,0 +1,106 @@
+"""A small model registry: ``register_model``, ``create_model``, ``list_models``."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+ModelBuilder = Callable[..., nn.Module]
+_MODELS: dict[str, ModelBuilder] = {}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered; the message lists the closest names."""
+
+
+def register_model(builder: ModelBuilder) -> ModelBuilder:
+    """Register ``builder`` under its function name. Registering a name twice is an error."""
+    name = builder.__name__
+    if name in _MODELS:
+        raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].__module__})")
+    _MODELS[name] = builder
+    return builder
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
+
+
+def get_model_builder(name: str) -> ModelBuilder:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments ``create_model(name, ...)`` accepts besides ``pretrained``."""
+    builder = get_model_builder(name)
+    signature = inspect.signature(builder)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        # One-line builders forward their keywords to the class they return.
+        signature = inspect.signature(typing.get_type_hints(builder)["return"])
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in signature.parameters.values() if p.kind in kinds and p.name != "config"]
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str | Path = False,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model by name, optionally loading weights.
+
+    Args:
+        name: a registered name, e.g. ``"mobilevit_xxs"`` (see :func:`list_models`).
+        pretrained: ``False``; ``True`` for the published ImageNet weights (needs network access);
+            a Hugging Face hub id (``"timm/mobilevit_xxs.cvnets_in1k"``, ``"apple/mobilevit-xx-small"``);
+            or a local file/directory in the timm, transformers, ml-cvnets or mobilevit-torch layout.
+        num_classes: classifier size. ``None`` means the checkpoint's when loading weights, else 1000.
+            When it differs from the checkpoint's, the classifier is re-initialised (a warning says so).
+        **kwargs: the model's own keyword arguments (``drop_rate``, ``dropout``, ...). Unknown ones raise.
+    """
+    get_model_builder(name)
+    accepted = model_arguments(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        hints = [
+            f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, accepted, 1)) else repr(u)
+            for u in unknown
+        ]
+        raise TypeError(
+            f"create_model({name!r}) got unknown argument(s) {', '.join(hints)}; "
+            f"accepted: pretrained, {', '.join(accepted)}"
+        )
+
+    if pretrained is False or pretrained is None:
+        return _build(name, 1000 if num_classes is None else num_classes, kwargs)
+
+    from mobilevit_torch.weights import load_into, read_pretrained
+
+    weights = read_pretrained(name, pretrained)
+    model_kwargs = {k: v for k, v in weights.model_args.items() if k in accepted and k != "num_classes"}
+    model_kwargs.update(kwargs)
+    if num_classes is None:
+        num_classes = weights.num_classes if weights.num_classes is not None else 1000
+    model = _build(name, num_classes, model_kwargs)
+    load_into(model, weights)
+    return model
+
+
+def _build(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    model = get_model_builder(name)(num_classes=num_classes, **kwargs)
+    # What a checkpoint needs to rebuild this model.
+    model.model_name = name
+    model.model_args = {"num_classes": num_classes, **kwargs}
+    return model

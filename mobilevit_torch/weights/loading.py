@@ -1,0 +1,235 @@
+"""Read weights from a file, a directory or the Hugging Face hub, and load them strictly.
+
+Nothing here unpickles arbitrary objects: ``.safetensors`` are read with safetensors, everything
+else with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mobilevit_torch.preprocessing import APPLE_IMAGENET, TIMM_IMAGENET, Preprocessing
+from mobilevit_torch.weights.layouts import Layout, convert_state_dict, detect_layout, strip_wrapper_prefixes
+
+logger = logging.getLogger("mobilevit_torch")
+
+CHECKPOINT_FORMAT = "mobilevit-torch"
+
+# The published ImageNet-1k weights (all of them Apple's ml-cvnets training, re-hosted).
+PUBLISHED: dict[str, dict[str, str]] = {
+    "mobilevit_xxs": {"timm": "timm/mobilevit_xxs.cvnets_in1k", "transformers": "apple/mobilevit-xx-small"},
+    "mobilevit_xs": {"timm": "timm/mobilevit_xs.cvnets_in1k", "transformers": "apple/mobilevit-x-small"},
+    "mobilevit_s": {"timm": "timm/mobilevit_s.cvnets_in1k", "transformers": "apple/mobilevit-small"},
+}
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be read, or do not fit the model."""
+
+
+@dataclass
+class LoadedWeights:
+    """Weights converted to this package's names plus what travels with them."""
+
+    state_dict: dict[str, Tensor]
+    layout: Layout
+    source: str
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    model_name: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int | None:
+        weight = self.state_dict.get("classifier.weight")
+        return None if weight is None else int(weight.shape[0])
+
+
+def read_pretrained(model_name: str, pretrained: bool | str | Path) -> LoadedWeights:
+    """Resolve ``pretrained`` (True, a hub id, a file or a directory) and read its weights."""
+    if pretrained is True:
+        if model_name not in PUBLISHED:
+            raise WeightsError(f"no published weights for {model_name!r}; pass a local file instead")
+        return _read_hub(PUBLISHED[model_name]["timm"], model_name)
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        weights = read_weights(path)
+    elif _HUB_ID.match(str(pretrained)) and not str(pretrained).startswith((".", "/")):
+        weights = _read_hub(str(pretrained), model_name)
+    else:
+        raise FileNotFoundError(f"pretrained weights not found: {pretrained} (no such file or directory)")
+    if weights.model_name is not None and weights.model_name != model_name:
+        raise WeightsError(
+            f"{weights.source} holds a {weights.model_name} checkpoint, not {model_name}: "
+            f"use create_model({weights.model_name!r}, pretrained=...)"
+        )
+    return weights
+
+
+def read_weights(path: Path) -> LoadedWeights:
+    """Read a weights file or a ``save_pretrained``-style directory in any supported layout."""
+    directory = path if path.is_dir() else path.parent
+    file = _find_weights_file(path) if path.is_dir() else path
+    raw = _load_file(file)
+
+    metadata: dict[str, Any] = {}
+    if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+        metadata, raw = raw, raw["state_dict"]
+    elif isinstance(raw, dict):
+        for key in ("state_dict", "model_state_dict", "model", "state_dict_ema"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+                break
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise WeightsError(f"{file} does not contain a dictionary of tensors (a state dict)")
+
+    state_dict = strip_wrapper_prefixes(dict(raw))
+    layout = detect_layout(state_dict)
+    weights = LoadedWeights(convert_state_dict(state_dict, layout), layout, str(file))
+    if metadata:
+        weights.model_name = metadata.get("model_name")
+        weights.model_args = dict(metadata.get("model_args") or {})
+        weights.class_names = metadata.get("class_names")
+        if metadata.get("preprocessing"):
+            weights.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+    elif layout == "transformers":
+        weights.preprocessing = _hf_preprocessing(directory / "preprocessor_config.json")
+        weights.class_names = _hf_class_names(directory / "config.json")
+    elif layout == "timm":
+        weights.preprocessing = TIMM_IMAGENET
+    elif layout == "ml-cvnets":
+        weights.preprocessing = APPLE_IMAGENET
+    return weights
+
+
+def load_into(model: nn.Module, weights: LoadedWeights) -> None:
+    """Load ``weights`` into ``model`` strictly; re-initialise the classifier if its size differs."""
+    state_dict = dict(weights.state_dict)
+    expected = model.state_dict()
+    num_classes = getattr(model, "num_classes", None)
+    reinit_head = weights.num_classes != num_classes
+    if reinit_head:
+        state_dict.pop("classifier.weight", None)
+        state_dict.pop("classifier.bias", None)
+
+    missing = [k for k in expected if k not in state_dict and not (reinit_head and k.startswith("classifier."))]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in state_dict
+        if k in expected and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise WeightsError(
+            f"{weights.source} ({weights.layout} layout) does not match {name}"
+            + _guess_variant(weights.state_dict)
+            + _list_keys("missing", missing)
+            + _list_keys("unexpected", unexpected)
+            + _list_keys("with another shape", mismatched)
+        )
+    model.load_state_dict(state_dict, strict=not reinit_head)
+    if reinit_head:
+        have = f"{weights.num_classes} classes" if weights.num_classes is not None else "no classifier"
+        logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
+    elif weights.class_names is not None and len(weights.class_names) == num_classes:
+        model.class_names = list(weights.class_names)
+    if weights.preprocessing is not None:
+        model.preprocessing = weights.preprocessing
+
+
+def _find_weights_file(directory: Path) -> Path:
+    for name in _WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    candidates = sorted(p for p in directory.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    found = ", ".join(p.name for p in candidates) or "none"
+    raise WeightsError(f"cannot tell which file in {directory} holds the weights (weight files: {found})")
+
+
+def _load_file(file: Path) -> Any:
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file), device="cpu")
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"cannot read weights from {file}: {first_line}. Expected a .safetensors file or a "
+            "torch.save'd state dict of tensors (arbitrary pickled objects are refused)."
+        ) from None
+
+
+def _read_hub(repo_id: str, model_name: str) -> LoadedWeights:
+    try:
+        from huggingface_hub import snapshot_download
+
+        directory = snapshot_download(repo_id, allow_patterns=["*.safetensors", "*.bin", "*.json"])
+    except Exception as err:
+        raise WeightsError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}). Without network "
+            f"access, download it on a machine that has it (huggingface-cli download {repo_id}) and pass the "
+            f"file or folder: create_model({model_name!r}, pretrained='path/to/model.safetensors')"
+        ) from None
+    return read_weights(Path(directory))
+
+
+def _hf_preprocessing(config_file: Path) -> Preprocessing:
+    if not config_file.is_file():
+        return APPLE_IMAGENET
+    config = json.loads(config_file.read_text())
+    crop = config.get("crop_size", {})
+    crop_size = crop.get("height", 256) if isinstance(crop, dict) else int(crop)
+    size = config.get("size", {})
+    shortest = size.get("shortest_edge", crop_size * 288 // 256) if isinstance(size, dict) else int(size)
+    resample = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(config.get("resample", 2), "bilinear")
+    return Preprocessing(
+        input_size=crop_size,
+        crop_pct=min(1.0, crop_size / shortest),
+        interpolation=resample,  # type: ignore[arg-type]
+        channel_order="BGR" if config.get("do_flip_channel_order", True) else "RGB",
+    )
+
+
+def _hf_class_names(config_file: Path) -> list[str] | None:
+    if not config_file.is_file():
+        return None
+    id2label = json.loads(config_file.read_text()).get("id2label") or {}
+    names = [id2label[k] for k in sorted(id2label, key=int)]
+    # transformers fills in LABEL_0, LABEL_1, ... when a model was saved without label names.
+    return None if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
+
+
+def _guess_variant(state_dict: dict[str, Tensor]) -> str:
+    from mobilevit_torch.models.variants import VARIANTS
+
+    final = state_dict.get("final_conv.conv.weight")
+    if final is None:
+        return ""
+    for size, config in VARIANTS.items():
+        if config.final_chs == final.shape[0]:
+            return f"; it looks like a mobilevit_{size} checkpoint"
+    return ""
+
+
+def _list_keys(kind: str, keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return ""
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"\n  {len(keys)} {kind}: " + ", ".join(keys[:limit]) + more

@@ -1,0 +1,206 @@
+"""Loading every published checkpoint layout, with exact parity against the reference implementations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mobilevit_torch import WeightsError, create_model, list_models
+from mobilevit_torch.weights import detect_layout, read_pretrained
+from tests.conftest import randomize_norms
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+SIZES = (256, 224, 320)
+HF_CONFIGS = {  # the sizes transformers' conversion script gives each variant
+    "mobilevit_xxs": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0),
+    "mobilevit_xs": dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
+    "mobilevit_s": dict(hidden_sizes=[144, 192, 240], neck_hidden_sizes=[16, 32, 64, 96, 128, 160, 640]),
+}
+
+
+def hf_model(name: str, num_labels: int = 1000) -> torch.nn.Module:
+    config = transformers.MobileViTConfig(num_labels=num_labels, **HF_CONFIGS[name])
+    return randomize_norms(transformers.MobileViTForImageClassification(config)).eval()
+
+
+def assert_same_logits(reference, ours, sizes=SIZES) -> None:
+    for size in sizes:
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            expected = reference(x)
+            expected = getattr(expected, "logits", expected)
+            diff = (ours(x) - expected).abs().max().item()
+        assert diff <= 1e-5, f"{size}px: max abs diff {diff}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_timm_parity(name: str, tmp_path: Path) -> None:
+    reference = randomize_norms(timm.create_model(name)).eval()
+    save_file(reference.state_dict(), tmp_path / "model.safetensors")
+    ours = create_model(name, pretrained=tmp_path / "model.safetensors").eval()
+    assert_same_logits(reference, ours)
+    assert ours.preprocessing.channel_order == "BGR"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_transformers_parity_save_pretrained_dir(name: str, tmp_path: Path) -> None:
+    reference = hf_model(name)
+    reference.save_pretrained(tmp_path / "hf")
+    ours = create_model(name, pretrained=tmp_path / "hf").eval()
+    assert_same_logits(reference, ours)
+    assert ours.preprocessing.channel_order == "BGR"
+    assert ours.preprocessing.interpolation == "bilinear"
+
+
+def test_transformers_parity_bin_file(tmp_path: Path) -> None:
+    reference = hf_model("mobilevit_xxs")
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = create_model("mobilevit_xxs", pretrained=tmp_path / "pytorch_model.bin").eval()
+    assert_same_logits(reference, ours, sizes=(256,))
+
+
+def hf_to_cvnets(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Apple's ml-cvnets names for a transformers state dict: the inverse of transformers' official
+    ``convert_mlcvnets_to_pytorch.rename_key`` (checked against it below)."""
+    import re
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        k = key.removeprefix("mobilevit.")
+        if k.startswith("classifier."):
+            out["classifier.fc." + k.removeprefix("classifier.")] = value
+            continue
+        k = re.sub(r"^conv_stem\.", "conv_1.", k)
+        k = re.sub(r"^encoder\.layer\.(\d)\.layer\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}.{m[2]}.", k)
+        k = re.sub(r"^encoder\.layer\.(\d)\.downsampling_layer\.", lambda m: f"layer_{int(m[1]) + 1}.0.", k)
+        k = re.sub(r"^encoder\.layer\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}.1.", k)
+        k = k.replace("expand_1x1.", "block.exp_1x1.").replace("conv_3x3.", "block.conv_3x3.")
+        k = k.replace("reduce_1x1.", "block.red_1x1.")
+        k = k.replace(".conv_kxk.", ".local_rep.conv_3x3.").replace(".conv_1x1.", ".local_rep.conv_1x1.")
+        k = k.replace(".conv_projection.", ".conv_proj.")
+        k = k.replace(".convolution.", ".block.conv.").replace(".normalization.", ".block.norm.")
+        if k.endswith(("layernorm.weight", "layernorm.bias")):
+            stage = int(k.split(".")[0][len("layer_") :]) - 1
+            depth = len(model.mobilevit.encoder.layer[stage].transformer.layer)
+            k = k.replace(".layernorm.", f".global_rep.{depth}.")
+        k = re.sub(r"\.transformer\.layer\.(\d+)\.", r".global_rep.\1.", k)
+        k = k.replace(".layernorm_before.", ".pre_norm_mha.0.").replace(".layernorm_after.", ".pre_norm_ffn.0.")
+        k = k.replace(".attention.output.dense.", ".pre_norm_mha.1.out_proj.")
+        k = k.replace(".intermediate.dense.", ".pre_norm_ffn.1.").replace(".output.dense.", ".pre_norm_ffn.4.")
+        match = re.fullmatch(r"(.*)\.attention\.attention\.(query|key|value)\.(weight|bias)", k)
+        if match:
+            if match[2] == "query":
+                prefix = key.rsplit(".query.", 1)[0]
+                parts = [state_dict[f"{prefix}.{n}.{match[3]}"] for n in ("query", "key", "value")]
+                out[f"{match[1]}.pre_norm_mha.1.qkv_proj.{match[3]}"] = torch.cat(parts)
+            continue
+        out[k] = value
+    return out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_cvnets_layout_parity(name: str, tmp_path: Path) -> None:
+    reference = hf_model(name)
+    apple = hf_to_cvnets(reference.state_dict(), reference)
+    assert detect_layout(apple) == "ml-cvnets"
+    # Names as ml-cvnets' MobileViT defines them (conv_1, layer_1..5, local_rep/global_rep, ...).
+    last = 3  # stage 5 has three transformer layers in every variant
+    for key in (
+        "conv_1.block.conv.weight",
+        "conv_1.block.norm.running_var",
+        "layer_1.0.block.exp_1x1.block.conv.weight",
+        "layer_2.2.block.red_1x1.block.norm.bias",
+        "layer_3.0.block.conv_3x3.block.conv.weight",
+        "layer_3.1.local_rep.conv_3x3.block.norm.weight",
+        "layer_3.1.local_rep.conv_1x1.block.conv.weight",
+        "layer_3.1.global_rep.0.pre_norm_mha.0.weight",
+        "layer_3.1.global_rep.0.pre_norm_mha.1.qkv_proj.weight",
+        "layer_3.1.global_rep.1.pre_norm_mha.1.out_proj.bias",
+        "layer_3.1.global_rep.1.pre_norm_ffn.0.bias",
+        "layer_4.1.global_rep.3.pre_norm_ffn.1.weight",
+        "layer_4.1.global_rep.3.pre_norm_ffn.4.weight",
+        "layer_3.1.global_rep.2.weight",  # the LayerNorm after 2 transformer layers
+        "layer_4.1.global_rep.4.bias",
+        f"layer_5.1.global_rep.{last}.weight",
+        "layer_5.1.conv_proj.block.conv.weight",
+        "layer_5.1.fusion.block.norm.running_mean",
+        "conv_1x1_exp.block.conv.weight",
+        "classifier.fc.weight",
+    ):
+        assert key in apple, key
+    n_transformer_layers = sum(len(layer.transformer.layer) for layer in reference.mobilevit.encoder.layer[2:])
+    assert len(apple) == len(reference.state_dict()) - 4 * n_transformer_layers  # q, k, v fused into qkv
+
+    torch.save(apple, tmp_path / "mobilevit_apple.pt")
+    ours = create_model(name, pretrained=tmp_path / "mobilevit_apple.pt").eval()
+    assert_same_logits(reference, ours, sizes=(256,))
+
+
+def test_new_num_classes_reinitialises_classifier(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm.pth")
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.pth", num_classes=5).eval()
+    assert "classifier re-initialised" in caplog.text and "1000 classes" in caplog.text
+    assert ours.classifier.out_features == 5
+    with torch.no_grad():  # the backbone is loaded exactly
+        x = torch.rand(1, 3, 256, 256)
+        torch.testing.assert_close(ours.forward_features(x), reference.forward_features(x), atol=1e-5, rtol=0)
+
+
+def test_wrong_variant_is_a_clear_error(tmp_path: Path) -> None:
+    save_file(timm.create_model("mobilevit_xs").state_dict(), tmp_path / "xs.safetensors")
+    with pytest.raises(WeightsError, match="does not match mobilevit_xxs.*looks like a mobilevit_xs") as err:
+        create_model("mobilevit_xxs", pretrained=tmp_path / "xs.safetensors")
+    assert "with another shape" in str(err.value)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
+    state = timm.create_model("mobilevit_xxs").state_dict()
+    del state["stages.2.1.norm.weight"]
+    state["stages.2.1.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError) as err:
+        create_model("mobilevit_xxs", pretrained=tmp_path / "broken.pth")
+    assert "1 missing: stages.2.1.norm.weight" in str(err.value)
+    assert "1 unexpected: stages.2.1.extra.weight" in str(err.value)
+
+
+def test_refuses_pickled_objects(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(1), "evil": Path("x")}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "evil.pt")
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "notes.pt")
+    save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a MobileViT checkpoint"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "other.safetensors")
+
+
+def test_missing_file() -> None:
+    with pytest.raises(FileNotFoundError, match="no/such/file.pt"):
+        create_model("mobilevit_xxs", pretrained="no/such/file.pt")
+
+
+def test_hub_offline_says_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import importlib
+
+    import huggingface_hub.constants
+
+    importlib.reload(huggingface_hub.constants)
+    with pytest.raises(WeightsError, match="timm/mobilevit_xxs.cvnets_in1k.*pretrained='path/to"):
+        read_pretrained("mobilevit_xxs", True)
+    with pytest.raises(WeightsError, match="apple/mobilevit-xx-small"):
+        create_model("mobilevit_xxs", pretrained="apple/mobilevit-xx-small")
