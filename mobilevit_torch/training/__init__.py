@@ -1,0 +1,1 @@
+"""Training: the loop's pieces (schedule, EMA, checkpoints, metrics, logging)."""
