@@ -1,0 +1,101 @@
+"""Score a training checkpoint on a folder of labelled images (one sub-folder per class).
+
+    python evaluate.py outputs/<run>/best.pt path/to/test_photos [--batch-size 64] [--device auto] [--output DIR]
+
+Prints accuracy, top-5 accuracy (five classes or more) and a per-class table, and writes
+``confusion_matrix.png`` and ``eval.json`` to ``--output`` (default: ``eval_<folder>/`` next to the
+checkpoint). Class folders are matched to the checkpoint's classes by name. User mistakes end with
+one ``error:`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
+    parser.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="image-decoding worker processes (0: none)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--output", type=Path, default=None, help="where to write the plot and eval.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # Imported after parsing so --help answers without loading torch.
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from mobilevit_torch.evaluation import USER_ERRORS, evaluate_folder, load_model_from_checkpoint, resolve_device
+    from mobilevit_torch.training.plots import plot_confusion_matrix
+
+    try:
+        device = resolve_device(args.device)
+        model = load_model_from_checkpoint(args.checkpoint)
+        with logging_redirect_tqdm():  # a skipped-image warning prints above the progress bar, not into it
+            result = evaluate_folder(
+                model,
+                args.data_dir,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                device=device,
+                progress=not args.no_progress,
+            )
+        data_name = args.data_dir.expanduser().resolve().name
+        output = args.output or args.checkpoint.expanduser().parent / f"eval_{data_name}"
+        cm, names = result.observed()
+        plot_confusion_matrix(cm, names, output / "confusion_matrix.png")
+        report = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), **result.to_dict()}
+        (output / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    except USER_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+    skipped = f"; {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
+    print(f"model     {model.model_name} from {args.checkpoint}")
+    print(f"data      {args.data_dir} ({result.num_images} images, {len(result.per_class)} classes{skipped})")
+    print(f"accuracy  {result.accuracy:.2%}")
+    print(f"top-5     {result.top5:.2%}" if result.top5 is not None else "top-5     n/a (fewer than 5 classes)")
+    print()
+    width = max(len("class"), *(len(name) for name in result.per_class))
+    print(f"{'class':<{width}}  {'images':>6}  {'accuracy':>8}")
+    counts = result.to_dict()["images_per_class"]
+    for name, accuracy in result.per_class.items():
+        print(f"{name:<{width}}  {counts[name]:>6}  {accuracy:>8.2%}")
+    print()
+    print(f"wrote {output / 'confusion_matrix.png'} and {output / 'eval.json'}")
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Read any image file into a loaded, upright, 8-bit RGB PIL image — or fail with one short error.
+
+Photo folders collected by users hold every mode Pillow knows: grayscale scans, PNGs with alpha,
+CMYK JPEGs from print workflows, 16-bit TIFFs from scientific cameras, palette GIFs. The model wants
+three 8-bit channels, so everything is normalised here, in one place, and every way a file can be
+broken (empty, truncated, not an image at all) surfaces as :class:`BadImageError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_WHITE = (255, 255, 255)
+
+
+class BadImageError(ValueError):
+    """A file that cannot be read as an image; ``path`` and ``reason`` are kept as attributes."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` into a fully loaded mode-"RGB" image with EXIF orientation applied.
+
+    ``draft_size`` lets the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding, which is
+    several times faster for large photos; the draft never goes below ``draft_size`` on either
+    side, so a later resize to ``draft_size`` loses nothing. Other formats ignore it.
+    """
+    try:
+        file_size = os.stat(path).st_size
+    except OSError as error:
+        raise BadImageError(path, f"cannot read file ({error.strerror or error})") from None
+    if file_size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            # exif_transpose returns a new image, detached from the file we are about to close.
+            image = ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        raise BadImageError(path, f"refused, too many pixels ({error})") from None
+    except Exception as error:  # Pillow signals corrupt data with OSError, SyntaxError, struct.error, ...
+        raise BadImageError(path, f"corrupt or truncated image data ({_short(error)})") from None
+    return to_rgb(image, path=path)
+
+
+def to_rgb(image: Image.Image, *, path: str | os.PathLike[str] = "<image>") -> Image.Image:
+    """Convert a loaded image of any mode to 8-bit RGB.
+
+    Transparency is composited on white (the usual background for product photos and icons, and
+    what a viewer shows); 16-bit data is scaled, not clipped, so a 16-bit photo is not blown out.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        return Image.fromarray(_integer_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    except (ValueError, OSError) as error:
+        raise BadImageError(path, f"unsupported image mode {mode!r} ({_short(error)})") from None
+
+
+def _integer_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit integer holding 16-bit) samples -> 8-bit by the full-range map 65535 -> 255."""
+    values = values.astype(np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high <= 65535:
+        return ((values * 255 + 32767) // 65535).astype(np.uint8)
+    # Genuine 32-bit data has no fixed white point: stretch its range.
+    return _stretch(values.astype(np.float64))
+
+
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] map to [0, 255]; any other range is stretched. NaN/inf become 0."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if values.min() >= 0.0 and values.max() <= 1.0:
+        return np.rint(values * 255.0).astype(np.uint8)
+    return _stretch(values)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _short(error: BaseException, limit: int = 160) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

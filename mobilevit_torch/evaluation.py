@@ -1,0 +1,310 @@
+"""Use a trained model: load it from a training checkpoint, score it on an image folder, classify images.
+
+Library code for ``evaluate.py`` and ``predict.py`` (and notebooks): plain arguments in, plain
+results out, and every user mistake (a missing file, a folder class the model never saw, a broken
+image) raised as a short error that names the path, never a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
+from mobilevit_torch.data.images import BadImageError, load_rgb
+from mobilevit_torch.data.transforms import eval_transform
+from mobilevit_torch.registry import UnknownModelError, create_model
+from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.metrics import accuracy_from_confusion, confusion_matrix, per_class_accuracy, topk_correct
+from mobilevit_torch.weights import WeightsError
+
+logger = logging.getLogger("mobilevit_torch")
+
+
+class EvaluationError(ValueError):
+    """A model, checkpoint or request that cannot be evaluated as asked; the message says why."""
+
+
+# What a command-line entry point answers with one line instead of a traceback: each means the
+# input (a path, a file, a folder, a device) was wrong, not the code. OSError covers missing and
+# unwritable paths.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    EvaluationError,
+    DataError,
+    BadImageError,
+    WeightsError,
+    UnknownModelError,
+    OSError,
+)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_folder` measured.
+
+    ``confusion`` is ``cm[true, predicted]`` over all of the model's ``class_names`` (a folder may
+    hold only some of them, and the model may predict any); ``per_class`` covers the classes the
+    folder holds. ``skipped`` lists ``(path, reason)`` for each file that could not be read; those
+    files count in neither ``num_images`` nor the accuracies.
+    """
+
+    accuracy: float
+    top5: float | None
+    per_class: dict[str, float]
+    confusion: Tensor
+    class_names: list[str]
+    num_images: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def observed(self) -> tuple[Tensor, list[str]]:
+        """The confusion matrix restricted to classes that occur as a true label or a prediction.
+
+        A 1000-class ImageNet model scored on five folders would otherwise plot a 1000 x 1000 grid.
+        """
+        used = (self.confusion.sum(dim=0) + self.confusion.sum(dim=1)).nonzero().flatten()
+        return self.confusion[used][:, used], [self.class_names[i] for i in used.tolist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN accuracies (never, for a class the folder holds) become ``None``."""
+        return {
+            "accuracy": _json_float(self.accuracy),
+            "top5": _json_float(self.top5),
+            "num_images": self.num_images,
+            "per_class": {name: _json_float(value) for name, value in self.per_class.items()},
+            "images_per_class": {
+                name: int(self.confusion[self.class_names.index(name)].sum()) for name in self.per_class
+            },
+            "class_names": list(self.class_names),
+            "confusion": self.confusion.tolist(),
+            "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
+        }
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when available; asking for an unavailable CUDA is an error, not a silent CPU run."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EvaluationError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"device {device!r} was requested but CUDA is not available here (use --device cpu)")
+    return resolved
+
+
+def load_model_from_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild the model a mobilevit-torch training checkpoint describes, with its weights, class
+    names and preprocessing, in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        EvaluationError: ``path`` is a folder, unreadable, or not a mobilevit-torch training checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise EvaluationError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {path / 'best.pt'})")
+    try:
+        payload = load_checkpoint(path)
+    except ValueError as error:  # readable, but not ours
+        raise EvaluationError(str(error)) from None
+    except Exception as error:  # not a torch file at all, or one holding pickled objects we refuse
+        raise EvaluationError(
+            f"cannot read {path} as a mobilevit-torch training checkpoint ({_first_line(error)})"
+        ) from None
+    model_name = payload.get("model_name")
+    if not isinstance(model_name, str):
+        raise EvaluationError(f"{path} does not say which model it holds (no 'model_name')")
+    return create_model(model_name, pretrained=path).eval()
+
+
+def evaluate_folder(
+    model: nn.Module,
+    root: str | Path,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> EvalResult:
+    """Accuracy, top-5 and per-class accuracy of ``model`` on ``root/<class>/**/<image>``.
+
+    Class folders are matched to ``model.class_names`` by name, not by position, so a test folder
+    may hold any subset of the training classes; a folder the model does not know is an error.
+    Images get the model's own evaluation preprocessing (``model.preprocessing``). A file that
+    cannot be decoded is skipped with one warning and listed in ``EvalResult.skipped``.
+    The model is moved to ``device``; its train/eval mode is restored afterwards.
+    """
+    class_names = _class_names(model, required=True)
+    num_classes = len(class_names)
+    root = Path(root).expanduser()
+    for split in ("val", "test"):
+        if (root / split).is_dir() and split not in class_names:
+            raise EvaluationError(
+                f"{root} holds a {split}/ folder, not class folders: pass {root / split} to evaluate those images"
+            )
+    samples, _ = scan_image_folder(root, class_names=class_names)  # DataError names unknown folders
+    device = resolve_device(device)
+
+    dataset = _ImageSamples(samples, eval_transform(model.preprocessing))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_readable,
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    # Moved outside inference mode: parameters created inside it could never be trained again.
+    model.to(device).eval()
+    preds: list[Tensor] = []
+    targets: list[Tensor] = []
+    top5_hits = torch.zeros((), dtype=torch.long, device=device)
+    skipped: list[tuple[str, str]] = []
+    try:
+        with torch.inference_mode():
+            for images, labels, unreadable in tqdm(
+                loader, desc=f"evaluating {root.name}", unit="batch", disable=not progress, leave=False
+            ):
+                for path, reason in unreadable:
+                    logger.warning("skipping unreadable image %s: %s", path, reason)
+                    skipped.append((path, reason))
+                if images is None:
+                    continue
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                logits = model(images)
+                # Predictions stay on the device; the one read-back happens in confusion_matrix below.
+                preds.append(logits.argmax(dim=1))
+                targets.append(labels)
+                if num_classes >= 5:
+                    top5_hits += topk_correct(logits, labels, 5)
+    finally:
+        model.train(was_training)
+
+    if not preds:
+        raise EvaluationError(f"none of the {len(samples)} image files under {root} could be read")
+    cm = confusion_matrix(torch.cat(preds), torch.cat(targets), num_classes).cpu()
+    num_images = int(cm.sum())
+    recalls = per_class_accuracy(cm)
+    present = {sample.label for sample in samples}
+    return EvalResult(
+        accuracy=accuracy_from_confusion(cm),
+        top5=top5_hits.item() / num_images if num_classes >= 5 else None,
+        per_class={class_names[i]: recalls[i] for i in range(num_classes) if i in present},
+        confusion=cm,
+        class_names=list(class_names),
+        num_images=num_images,
+        skipped=skipped,
+    )
+
+
+def predict_images(
+    model: nn.Module,
+    paths: Sequence[str | Path],
+    *,
+    topk: int = 5,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+) -> list[list[tuple[str, float]]]:
+    """The ``topk`` most probable classes of each image, as ``(class name, probability)`` pairs.
+
+    Results line up with ``paths``, so an unreadable image is an error naming it
+    (:class:`~mobilevit_torch.data.images.BadImageError`), not a skip that would shift every later
+    answer. All paths are checked for existence before any work. ``topk`` is capped at the number
+    of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
+    """
+    if topk < 1:
+        raise EvaluationError(f"topk must be at least 1, got {topk}")
+    paths = [Path(p).expanduser() for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise BadImageError(missing[0], f"no such file{more}")
+    names = _class_names(model, required=False)
+    device = resolve_device(device)
+    transform = eval_transform(model.preprocessing)
+
+    was_training = model.training
+    model.to(device).eval()
+    results: list[list[tuple[str, float]]] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                images = torch.stack([transform(load_rgb(path)) for path in chunk]).to(device)
+                probs = model(images).float().softmax(dim=1)  # [B, C]
+                top = probs.topk(min(topk, probs.shape[1]), dim=1)
+                for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    results.append([(names[i] if names else str(i), p) for i, p in zip(indices, values, strict=True)])
+    finally:
+        model.train(was_training)
+    return results
+
+
+class _ImageSamples(Dataset):
+    """``(image, label, path, None)`` per sample, or ``(None, label, path, reason)`` for an unreadable file."""
+
+    def __init__(self, samples: list[Sample], transform: Any) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str, str | None]:
+        sample = self.samples[index]
+        try:
+            image = load_rgb(sample.path)
+        except BadImageError as error:
+            # Reported from the main process: warnings raised inside a worker can be lost.
+            return None, sample.label, sample.path, error.reason
+        return self.transform(image), sample.label, sample.path, None
+
+
+def _collate_readable(
+    items: list[tuple[Tensor | None, int, str, str | None]],
+) -> tuple[Tensor | None, Tensor, list[tuple[str, str]]]:
+    """Stack the readable images of a batch; hand the unreadable ones back as ``(path, reason)``."""
+    readable = [(image, label) for image, label, _, reason in items if reason is None]
+    unreadable = [(path, reason) for _, _, path, reason in items if reason is not None]
+    if not readable:
+        return None, torch.empty(0, dtype=torch.long), unreadable
+    images = torch.stack([image for image, _ in readable])  # [B, 3, S, S]
+    labels = torch.tensor([label for _, label in readable], dtype=torch.long)
+    return images, labels, unreadable
+
+
+def _class_names(model: nn.Module, *, required: bool) -> list[str] | None:
+    names = getattr(model, "class_names", None)
+    num_classes = getattr(model, "num_classes", None)
+    if not names:
+        if required:
+            raise EvaluationError(
+                "the model has no class names, so class folders cannot be matched to its outputs; "
+                "load it from a mobilevit-torch training checkpoint or set model.class_names"
+            )
+        return None
+    if num_classes is not None and len(names) != num_classes:
+        raise EvaluationError(f"the model has {num_classes} outputs but {len(names)} class names")
+    return list(names)
+
+
+def _json_float(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,506 @@
+"""The training loop. Read it top to bottom: setup, data, model, optimizer, resume, one loop, report.
+
+``train(config, run_dir)`` takes a plain :class:`TrainConfig` (``train.py`` builds it from Hydra)
+and writes everything into ``run_dir``: checkpoints ``last.pt``/``best.pt``, ``metrics.csv``/
+``metrics.jsonl``, TensorBoard events, ``split.json``, plots and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mobilevit_torch.data.cache import decode_images
+from mobilevit_torch.data.datasets import find_unreadable
+from mobilevit_torch.data.download import FLOWERS_SHA256, FLOWERS_URL, prepare_flowers
+from mobilevit_torch.data.folder import DataError, DatasetSplit, make_split
+from mobilevit_torch.registry import create_model
+from mobilevit_torch.training import pipeline
+from mobilevit_torch.training.checkpoint import load_checkpoint, model_payload, save_checkpoint, unwrap_model
+from mobilevit_torch.training.config import ConfigError, TrainConfig
+from mobilevit_torch.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_flag,
+    init_distributed,
+    shutdown,
+)
+from mobilevit_torch.training.ema import ModelEma
+from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
+from mobilevit_torch.training.run_log import RunLogger
+from mobilevit_torch.training.schedule import learning_rate
+
+logger = logging.getLogger("mobilevit_torch.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was written first."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
+    config.validate()
+    device = resolve_device(config.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _train(config, Path(run_dir), device, info)
+    finally:
+        shutdown(info)
+
+
+def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistInfo) -> dict[str, Any]:
+    started = time.perf_counter()
+    resume = load_checkpoint(config.resume) if config.resume else None
+    if resume is not None:
+        run_dir = Path(config.resume).resolve().parent  # a resumed run continues in its own folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        _log_to_file(run_dir / "train.log")
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    random.seed(config.seed)
+
+    # ---- data: folder -> split -> decoded cache (or per-image loader) -------------------------
+    split, skipped = prepare_split(config, run_dir, info)
+    class_names = split.class_names
+
+    # ---- model -------------------------------------------------------------------------------
+    model = create_model(
+        config.model.name,
+        pretrained=config.pretrained or False,
+        num_classes=len(class_names),
+        drop_rate=config.model.drop_rate,
+        dropout=config.model.dropout,
+    )
+    model.class_names = list(class_names)
+    model.preprocessing = model.preprocessing.with_input_size(config.data.img_size)
+    pre = model.preprocessing
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+
+    shard = pipeline.Shard(info.rank, info.world_size)
+    sizes = pipeline.multiscale_sizes(config.data.img_size, config.data.multiscale_sizes) if config.data.multiscale \
+        else None
+    if config.data.cache:
+        cache_dir = Path(config.data.cache_dir).expanduser()
+        workers = max(1, config.data.num_workers)
+        train_cache = decode_images(split.train, size=pipeline.train_cache_size(config.recipe, pre), mode="squash",
+                                    cache_dir=cache_dir, num_workers=workers, progress=info.is_main)
+        val_cache = decode_images(split.val, size=pre.resize_size, mode="center_crop", cache_dir=cache_dir,
+                                  num_workers=workers, progress=info.is_main)
+        skipped += train_cache.skipped + val_cache.skipped
+        train_batches: Any = pipeline.CachedTrainBatches(
+            train_cache.images.to(device), train_cache.labels.to(device), batch_size=config.data.batch_size,
+            img_size=config.data.img_size, pre=pre, recipe=config.recipe, seed=config.seed, shard=shard, sizes=sizes,
+        )
+        val_images, val_labels = val_cache.images.to(device), val_cache.labels.to(device)
+
+        def val_batches() -> Any:
+            return pipeline.CachedEvalBatches(val_images, val_labels, batch_size=config.data.eval_batch_size,
+                                              img_size=config.data.img_size, pre=pre, shard=shard)
+        num_train, num_val = len(train_cache.labels), len(val_cache.labels)
+    else:
+        train_batches = pipeline.LoaderTrainBatches(
+            split.train, batch_size=config.data.batch_size, img_size=config.data.img_size, pre=pre,
+            recipe=config.recipe, seed=config.seed, num_workers=config.data.num_workers, device=device, shard=shard,
+            sizes=sizes,
+        )
+
+        def val_batches() -> Any:
+            return pipeline.loader_eval_batches(split.val, batch_size=config.data.eval_batch_size, pre=pre,
+                                                num_workers=config.data.num_workers, device=device, shard=shard)
+        num_train, num_val = len(split.train), len(split.val)
+    if skipped:
+        logger.warning("skipped %d unreadable file(s); see the warnings above and summary.json", len(skipped))
+
+    # ---- optimizer, precision, EMA -----------------------------------------------------------
+    steps_per_epoch = train_batches.steps_per_epoch
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    accum = config.recipe.accum_steps
+    updates_per_epoch = max(1, steps_per_epoch // accum)
+    total_updates = config.epochs * updates_per_epoch
+    warmup_updates = round(config.recipe.warmup_epochs * updates_per_epoch)
+    optimizer = build_optimizer(model, config, device)
+    amp_dtype = amp_precision(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEma(model, decay=config.recipe.ema_decay) if config.recipe.ema_decay > 0 else None
+    criterion, mixup = build_criterion(config, len(class_names))
+
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+
+    # ---- resume ------------------------------------------------------------------------------
+    start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
+    carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+    if resume is not None:
+        start_epoch, start_step, history, best, carried = restore(resume, model, optimizer, scaler, ema, class_names,
+                                                                  config)
+        logger.info("resumed from %s at epoch %d, step %d", config.resume, start_epoch, start_step)
+    run_log = RunLogger(run_dir, tensorboard=config.tensorboard, resume=resume is not None) if info.is_main else None
+    if info.is_main:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+    def checkpoint(epoch: int, step_in_epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        return {
+            **model_payload(model, class_names),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "epoch_sums": sums,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema else None,
+            "rng": rng_state(device),
+            "config": dataclasses.asdict(config),
+            "history": list(run_log.history if run_log else history),
+            "best": dict(best),
+        }
+
+    # ---- the loop ----------------------------------------------------------------------------
+    stop = StopSignal()
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    best_confusion: Tensor | None = None
+    epochs_this_run = 0
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if start_step == 0:
+                torch.manual_seed(config.seed * 1_000_003 + epoch * 7919 + info.rank)  # dropout: replayable
+            train_model.train()
+            sums = {k: torch.tensor(carried[k], device=device, dtype=torch.float64) for k in carried}
+            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not (info.is_main and config.progress), leave=False, dynamic_ncols=True)
+            epoch_start = time.perf_counter()
+            batches = train_batches.epoch(epoch, start_step)
+            for step in range(start_step, steps_per_epoch):
+                x, y = next(batches)
+                update = epoch * updates_per_epoch + step // accum
+                lr = learning_rate(update, base_lr=config.recipe.lr, total_steps=total_updates,
+                                   warmup_steps=warmup_updates, min_lr=config.recipe.min_lr,
+                                   schedule=config.recipe.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = x.contiguous(memory_format=memory_format)
+                targets = y
+                if mixup is not None:
+                    x, targets = mixup(x, y)
+                sync = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
+                no_sync = train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
+                with no_sync, autocast:
+                    logits = train_model(x)
+                    loss = criterion(logits.float(), targets)
+                scaler.scale(loss / accum).backward()
+                if sync:
+                    if config.recipe.clip_grad > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), config.recipe.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model)
+                # Running sums stay on the device: no host sync per step.
+                sums["loss"] += loss.detach() * y.shape[0]
+                sums["correct"] += (logits.detach().argmax(1) == y).sum()
+                sums["seen"] += y.shape[0]
+                bar.update(1)
+                if (step + 1) % config.log_every == 0:  # a host sync: only every log_every steps
+                    running = (sums["loss"] / sums["seen"]).item()
+                    if not math.isfinite(running):
+                        raise TrainingDiverged(diverged_message(epoch, step, running, run_dir))
+                    bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.2e}")
+                stop_now = stop.signum is not None
+                if info.enabled:  # ranks must agree; ask the others only at the log points (a sync)
+                    stop_now = (step + 1) % config.log_every == 0 and broadcast_flag(stop_now, info, device)
+                if sync and stop_now:
+                    barrier(info)
+                    if info.is_main:
+                        save_checkpoint(run_dir / "last.pt",
+                                        checkpoint(epoch, step + 1, {k: v.item() for k, v in sums.items()}))
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {run_dir / 'last.pt'}; "
+                        f"continue with resume={run_dir / 'last.pt'}", stop.signum or signal.SIGTERM)
+            bar.close()
+            start_step = 0
+            carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+
+            # ---- end of epoch: reduce across ranks, check, evaluate, log, checkpoint ----------
+            totals = all_reduce_sum(torch.stack([sums["loss"], sums["correct"], sums["seen"]]), info).tolist()
+            train_time = time.perf_counter() - epoch_start
+            train_loss = totals[0] / max(totals[2], 1)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
+            val_loss, val_acc, confusion = evaluate(model, val_batches(), len(class_names), device, autocast,
+                                                    memory_format, info)
+            ema_acc, ema_confusion = None, None
+            if ema is not None:
+                _, ema_acc, ema_confusion = evaluate(ema.module, val_batches(), len(class_names), device, autocast,
+                                                     memory_format, info)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_acc": totals[1] / max(totals[2], 1),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "ema_val_acc": ema_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": totals[2] / train_time,
+                "epoch_time_s": time.perf_counter() - epoch_start,
+            }
+            improved_model = val_acc > best["val_acc"]
+            improved_ema = ema_acc is not None and ema_acc > max(best["val_acc"], val_acc)
+            if improved_model or improved_ema:
+                use_ema = bool(improved_ema)
+                best = {"val_acc": ema_acc if use_ema else val_acc, "epoch": epoch + 1,
+                        "weights": "ema" if use_ema else "model"}
+                best_confusion = ema_confusion if use_ema else confusion
+            if info.is_main:
+                assert run_log is not None
+                run_log.log_epoch(record)
+                logger.info(epoch_line(record, config.epochs))
+                save_checkpoint(run_dir / "last.pt", checkpoint(epoch + 1, 0, dict(carried)))
+                if improved_model or improved_ema:
+                    best_model = ema.module if best["weights"] == "ema" and ema is not None else model
+                    save_checkpoint(run_dir / "best.pt", {**model_payload(best_model, class_names),
+                                                          "epoch": epoch + 1, "best": dict(best),
+                                                          "confusion": best_confusion.cpu()})
+            epochs_this_run += 1
+            if config.stop_after and epochs_this_run >= config.stop_after and epoch + 1 < config.epochs:
+                logger.info("stopping after %d epoch(s) as asked (stop_after); resume with resume=%s",
+                            epochs_this_run, run_dir / "last.pt")
+                break
+    finally:
+        stop.restore()
+        if run_log is not None:
+            run_log.close()
+
+    # ---- report ------------------------------------------------------------------------------
+    history = run_log.history if run_log else []
+    summary = {"run_dir": str(run_dir), "model": config.model.name, "epochs": len(history),
+               "train_images": num_train, "val_images": num_val, "skipped_files": [list(s) for s in skipped],
+               "wall_time_s": time.perf_counter() - started}
+    if history:
+        last = history[-1]
+        summary.update(best_val_acc=best["val_acc"], best_epoch=best["epoch"], best_weights=best["weights"],
+                       last_val_acc=last["val_acc"], last_ema_val_acc=last.get("ema_val_acc"),
+                       mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history))
+    if info.is_main and history:
+        if best_confusion is None and (run_dir / "best.pt").exists():
+            best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
+        if best_confusion is not None:
+            accuracies = per_class_accuracy(best_confusion.cpu())
+            summary["per_class_accuracy"] = dict(zip(class_names, accuracies, strict=True))
+            summary["confusion_matrix"] = best_confusion.cpu().tolist()
+        if config.plots:
+            from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
+
+            plot_curves(history, run_dir / "curves.png")
+            if best_confusion is not None:
+                plot_confusion_matrix(best_confusion.cpu(), class_names, run_dir / "confusion_matrix.png")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        logger.info(summary_line(summary))
+    return summary
+
+
+# ---- pieces the loop calls ------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is available (use device=cpu or device=auto)")
+    return torch.device(name)
+
+
+def amp_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that have it, fp16 (with loss scaling) on older ones, none on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norm parameters (1-D tensors); Adam for the Keras recipe."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.recipe.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    if config.recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.recipe.lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.recipe.lr, fused=fused)
+
+
+def build_criterion(config: TrainConfig, num_classes: int) -> tuple[nn.Module, Any]:
+    recipe = config.recipe
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
+                      num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Any, num_classes: int, device: torch.device, autocast: Any,
+             memory_format: torch.memory_format, info: DistInfo) -> tuple[float, float, Tensor]:
+    """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for x, y in batches:
+        with autocast:
+            logits = model(x.contiguous(memory_format=memory_format)).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        confusion += confusion_matrix(logits.argmax(1), y, num_classes)
+    all_reduce_sum(loss_sum, info)
+    all_reduce_sum(confusion, info)
+    model.train(was_training)
+    count = max(int(confusion.sum()), 1)
+    return loss_sum.item() / count, confusion.diag().sum().item() / count, confusion
+
+
+def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[DatasetSplit, list]:
+    """Find (or download) the photos, split them (or reuse the run's split), drop unreadable files."""
+    split_file = run_dir / "split.json"
+    if split_file.exists():
+        split = DatasetSplit.from_json(split_file)
+    else:
+        root = Path(config.data.root).expanduser()
+        if config.data.kind == "flowers":
+            if info.is_main:
+                root = prepare_flowers(root, url=config.data.url or FLOWERS_URL,
+                                       sha256=config.data.sha256 or FLOWERS_SHA256)
+            barrier(info)
+            root = prepare_flowers(root, url=config.data.url or FLOWERS_URL,
+                                   sha256=config.data.sha256 or FLOWERS_SHA256)
+        elif not root.is_dir():
+            raise DataError(f"data.root does not exist or is not a folder: {root}")
+        split = make_split(root, seed=config.seed, val_fraction=config.data.val_fraction)
+        if info.is_main:
+            split.to_json(split_file)
+    skipped: list = []
+    if not config.data.cache:  # the cache path finds unreadable files while decoding
+        train, bad_train = find_unreadable(split.train, num_workers=max(1, config.data.num_workers))
+        val, bad_val = find_unreadable(split.val, num_workers=max(1, config.data.num_workers))
+        split = dataclasses.replace(split, train=train, val=val)
+        skipped = bad_train + bad_val
+    logger.info("data: %d training and %d validation images in %d classes (%s)", len(split.train),
+                len(split.val), len(split.class_names), split.source)
+    return split, skipped
+
+
+def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, ema: ModelEma | None, class_names: list[str],
+            config: TrainConfig) -> tuple[int, int, list, dict, dict]:
+    """Put model, optimizer, scaler, EMA and RNGs back exactly as the checkpoint left them."""
+    if payload["model_name"] != config.model.name:
+        raise ConfigError(f"resume: the checkpoint is a {payload['model_name']}, but model={config.model.name}")
+    if list(payload["class_names"]) != list(class_names):
+        raise ConfigError(f"resume: the checkpoint's classes {payload['class_names']} differ from the data's "
+                          f"{class_names}")
+    unwrap_model(model).load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    if ema is not None and payload.get("ema"):
+        ema.load_state_dict(payload["ema"])
+    step_in_epoch = int(payload.get("step_in_epoch", 0))
+    if step_in_epoch:  # mid-epoch: continue the interrupted epoch's random stream
+        set_rng_state(payload["rng"])
+    return (int(payload["epoch"]), step_in_epoch, list(payload.get("history", [])),
+            dict(payload.get("best", {"val_acc": -1.0, "epoch": -1, "weights": "model"})),
+            dict(payload.get("epoch_sums") or {"loss": 0.0, "correct": 0.0, "seen": 0.0}))
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignal:
+    """Remembers SIGINT/SIGTERM so the loop can save a resumable checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("received %s: saving a resumable checkpoint after this step", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def diverged_message(epoch: int, step: int, value: float, run_dir: Path) -> str:
+    last = run_dir / "last.pt"
+    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+    return (f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. "
+            "Lower recipe.lr, or set recipe.clip_grad=1.0.")
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    ema = f" | ema {100 * record['ema_val_acc']:.1f}%" if record.get("ema_val_acc") is not None else ""
+    return (f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
+            f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
+            f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
+            f"{record['images_per_s']:.0f} img/s | {record['epoch_time_s']:.1f} s")
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    if "best_val_acc" not in summary:
+        return f"no epoch finished; outputs in {summary['run_dir']}"
+    ema = summary.get("last_ema_val_acc")
+    ema_text = f", last EMA {100 * ema:.2f}%" if ema is not None else ""
+    return (f"done: best val acc {100 * summary['best_val_acc']:.2f}% (epoch {summary['best_epoch']}, "
+            f"{summary['best_weights']} weights), last {100 * summary['last_val_acc']:.2f}%{ema_text}; "
+            f"{summary['wall_time_s']:.0f} s; outputs in {summary['run_dir']}")
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("mobilevit_torch").addHandler(handler)

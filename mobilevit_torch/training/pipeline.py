@@ -1,0 +1,200 @@
+"""Where training and validation batches come from.
+
+Two paths, one interface (``steps_per_epoch``, ``epoch(epoch, start_step)`` yielding ``(x, y)``):
+
+- cached (default): every image is decoded once into a uint8 tensor that lives on the training
+  device; each step gathers a batch by index and crops/flips it there (``augment.py``). No
+  per-image Python work per step, so the loader never starves the GPU.
+- per-image DataLoader: torchvision transforms in worker processes, for folders too large to cache
+  or for per-image augmentations (RandAugment).
+
+Batch composition is a pure function of ``(seed, epoch)``: the same global batch on any number
+of processes (each rank takes its slice), and a resumed run replays the exact same batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
+
+from mobilevit_torch.data.datasets import ImageListDataset
+from mobilevit_torch.data.folder import Sample
+from mobilevit_torch.data.sampler import MultiScaleBatchSampler
+from mobilevit_torch.data.transforms import eval_transform, interpolation_mode, to_model_input
+from mobilevit_torch.preprocessing import Preprocessing
+from mobilevit_torch.training.augment import (
+    center_crop,
+    crop_and_flip,
+    random_crop_boxes,
+    random_resized_crop_boxes,
+)
+from mobilevit_torch.training.config import RecipeConfig
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def multiscale_sizes(base: int, sizes: list[int] | None) -> list[int]:
+    """The paper's resolutions around ``base`` (multiples of 32, 0.625x to 1.25x) unless given."""
+    return sizes or list(range(max(32, round(base * 0.625 / 32) * 32), round(base * 1.25 / 32) * 32 + 1, 32))
+
+
+def scaled_batch(batch_size: int, base: int, size: int, world_size: int) -> int:
+    """Batch size for ``size`` so every step costs about the same pixels; a multiple of world_size."""
+    scaled = max(world_size, int(batch_size * (base / size) ** 2))
+    return scaled - scaled % world_size
+
+
+class CachedTrainBatches:
+    """Training batches gathered from on-device uint8 images and augmented on the device."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        img_size: int,
+        pre: Preprocessing,
+        recipe: RecipeConfig,
+        seed: int,
+        shard: Shard = Shard(),
+        sizes: list[int] | None = None,
+    ) -> None:
+        if batch_size % shard.world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {shard.world_size} processes")
+        if len(labels) < batch_size:
+            raise ValueError(f"only {len(labels)} training images for a batch of {batch_size}: lower data.batch_size")
+        self.images, self.labels = images, labels
+        self.batch_size, self.img_size, self.pre, self.recipe = batch_size, img_size, pre, recipe
+        self.seed, self.shard, self.sizes = seed, shard, sizes
+
+    def _plan(self, epoch: int) -> list[tuple[Tensor, int, Tensor, Tensor]]:
+        """Every step of one epoch: (global indices, output size, crop boxes, flips)."""
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.labels), generator=generator)
+        plan, position = [], 0
+        while True:
+            size = self.img_size
+            if self.sizes:
+                size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=generator))]
+            batch = scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size)
+            if position + batch > len(order):
+                return plan  # drop the last partial batch, like drop_last=True
+            indices = order[position : position + batch]
+            position += batch
+            if self.recipe.augment == "keras":
+                crop = round(size * self.images.shape[-1] / self.img_size) if self.sizes else size
+                boxes = random_crop_boxes(
+                    batch, source_size=self.images.shape[-1], crop_size=min(crop, self.images.shape[-1]),
+                    generator=generator,
+                )
+            else:
+                boxes = random_resized_crop_boxes(
+                    batch, scale=tuple(self.recipe.rrc_scale), ratio=tuple(self.recipe.rrc_ratio), generator=generator
+                )
+            flips = torch.rand(batch, generator=generator) < self.recipe.hflip
+            plan.append((indices, size, boxes, flips))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self._plan(0)) if self.sizes else len(self.labels) // self.batch_size
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        rank, world = self.shard.rank, self.shard.world_size
+        device = self.images.device
+        for indices, size, boxes, flips in self._plan(epoch)[start_step:]:
+            # This rank's slice of the global batch (the same slice of the same random draws).
+            mine = indices[rank::world].to(device, non_blocking=True)
+            x = crop_and_flip(self.images[mine], boxes[rank::world], flips[rank::world], out_size=size, pre=self.pre)
+            yield x, self.labels[mine]
+
+
+class CachedEvalBatches:
+    """Validation batches: centre crops of on-device uint8 images, this rank's share only."""
+
+    def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, img_size: int, pre: Preprocessing,
+                 shard: Shard = Shard()) -> None:
+        self.images, self.labels = images[shard.rank :: shard.world_size], labels[shard.rank :: shard.world_size]
+        self.batch_size, self.img_size, self.pre = batch_size, img_size, pre
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.labels), self.batch_size):
+            images = self.images[start : start + self.batch_size]
+            yield center_crop(images, self.img_size, self.pre), self.labels[start : start + self.batch_size]
+
+
+def train_image_transform(recipe: RecipeConfig, pre: Preprocessing, size: int) -> T.Compose:
+    """Per-image training transform for the DataLoader path."""
+    interpolation = interpolation_mode(pre.interpolation)
+    if recipe.augment == "keras":
+        resize = recipe.resize or pre.resize_size
+        steps: list = [T.Resize((resize * size // pre.input_size,) * 2, interpolation=interpolation), T.RandomCrop(size)]
+    else:
+        steps = [T.RandomResizedCrop(size, scale=tuple(recipe.rrc_scale), ratio=tuple(recipe.rrc_ratio),
+                                     interpolation=interpolation)]
+    steps.append(T.RandomHorizontalFlip(recipe.hflip))
+    if recipe.randaugment:
+        steps.append(T.RandAugment())
+    return T.Compose([*steps, to_model_input(pre)])
+
+
+class LoaderTrainBatches:
+    """Training batches from a DataLoader decoding and augmenting each image in worker processes."""
+
+    def __init__(self, samples: list[Sample], *, batch_size: int, img_size: int, pre: Preprocessing,
+                 recipe: RecipeConfig, seed: int, num_workers: int, device: torch.device, shard: Shard = Shard(),
+                 sizes: list[int] | None = None) -> None:
+        per_rank = batch_size // shard.world_size
+        self.device, self.seed = device, seed
+        self.dataset = ImageListDataset(
+            samples,
+            transform=train_image_transform(recipe, pre, img_size),
+            transform_for_size=lambda size: train_image_transform(recipe, pre, size),
+        )
+        self.sampler = MultiScaleBatchSampler(
+            len(samples), base_size=img_size, base_batch_size=per_rank, sizes=sizes or [img_size], seed=seed,
+            rank=shard.rank, world_size=shard.world_size, drop_last=True,
+        )
+        self.loader = DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        self.sampler.set_epoch(epoch)
+        # Workers draw their augmentations from torch's RNG, seeded per worker from this.
+        torch.manual_seed(self.seed * 1_000_003 + epoch)
+        for x, y in itertools.islice(self.loader, start_step, None):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def loader_eval_batches(samples: list[Sample], *, batch_size: int, pre: Preprocessing, num_workers: int,
+                        device: torch.device, shard: Shard = Shard()) -> Iterator[tuple[Tensor, Tensor]]:
+    dataset = ImageListDataset(samples[shard.rank :: shard.world_size], transform=eval_transform(pre))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def train_cache_size(recipe: RecipeConfig, pre: Preprocessing) -> int:
+    """Side of the square, squashed training images kept in the cache."""
+    return recipe.resize or pre.resize_size
+

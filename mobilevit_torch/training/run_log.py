@@ -1,0 +1,175 @@
+"""Per-epoch metrics written to ``metrics.csv``, ``metrics.jsonl`` and TensorBoard in the run folder.
+
+CSV is for a spreadsheet or ``pandas.read_csv``; JSON lines is the lossless record a resumed run
+reads back; TensorBoard is for watching a run live. One ``log_epoch`` call writes all three, and
+each file is complete after every epoch, so a crash loses at most the epoch in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+logger = logging.getLogger("mobilevit_torch")
+
+Record = dict[str, Any]
+
+
+class RunLogger:
+    """Appends one record per epoch to ``run_dir``'s metrics files and TensorBoard event log.
+
+    Args:
+        run_dir: the run's output folder (created if needed).
+        tensorboard: also write every numeric value as a scalar to ``run_dir / "tensorboard"``
+            (tag = the key, step = the record's ``epoch``).
+        resume: keep the records already in ``run_dir / "metrics.jsonl"`` and append after them.
+            Without it a fresh run replaces any metrics files left in ``run_dir``.
+
+    Every record needs an integer ``epoch``. Logging an epoch that is already recorded replaces
+    that record and all later ones: a run resumed from an earlier checkpoint redoes those epochs,
+    and its history must not hold both versions. TensorBoard events from those epochs on are
+    purged the same way (``SummaryWriter(purge_step=...)``).
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.run_dir / "metrics.csv"
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.tensorboard_dir = self.run_dir / "tensorboard"
+        self._tensorboard = tensorboard
+        self._writer: Any = None  # created at the first record, whose epoch is the purge step
+        self._records: list[Record] = []
+        self._fields: list[str] = []
+        if resume:
+            self._records = _read_jsonl(self.jsonl_path)
+            self._fields = _union_fields(self._records)
+        if self._records:
+            # Rewrite from the JSON lines so a CSV left behind by a crash mid-write matches them.
+            self._rewrite()
+        else:
+            self.csv_path.unlink(missing_ok=True)
+            self.jsonl_path.unlink(missing_ok=True)
+
+    @property
+    def history(self) -> list[Record]:
+        """Copies of the records logged so far (including those read back on resume), oldest first."""
+        return [dict(record) for record in self._records]
+
+    def log_epoch(self, record: dict[str, float | int | str | None]) -> None:
+        """Write one epoch's record to the CSV, the JSON lines and TensorBoard."""
+        record = {str(key): _plain(key, value) for key, value in record.items()}
+        epoch = record.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise ValueError(f"a metrics record needs an integer 'epoch', got {epoch!r}")
+
+        replaced = [r for r in self._records if r["epoch"] >= epoch]
+        new_fields = [key for key in record if key not in self._fields]
+        if replaced:
+            logger.info("metrics from epoch %d on are replaced by this run's (%d records)", epoch, len(replaced))
+            self._records = [r for r in self._records if r["epoch"] < epoch]
+        self._records.append(record)
+        self._fields += new_fields
+        if replaced or (new_fields and len(self._records) > 1):
+            self._rewrite()
+        else:
+            self._append(record)
+        self._log_tensorboard(record)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer; the CSV and JSON lines are already on disk."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _append(self, record: Record) -> None:
+        first = len(self._records) == 1  # the files were removed or never existed: start them
+        with self.csv_path.open("w" if first else "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self._fields)
+            if first:
+                writer.writeheader()
+            writer.writerow(record)
+        with self.jsonl_path.open("w" if first else "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def _rewrite(self) -> None:
+        """Write both files from scratch (a new column, or replaced epochs), each atomically."""
+        with _atomic_text(self.csv_path, newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self._fields)
+            writer.writeheader()
+            writer.writerows(self._records)
+        with _atomic_text(self.jsonl_path) as file:
+            file.writelines(json.dumps(record) + "\n" for record in self._records)
+
+    def _log_tensorboard(self, record: Record) -> None:
+        if not self._tensorboard:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events a previous (crashed or resumed) run wrote for these epochs.
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, global_step=record["epoch"])
+        self._writer.flush()
+
+
+def _plain(key: object, value: Any) -> Any:
+    """Numbers, strings and None as they are; 0-d tensors and numpy scalars as Python numbers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    raise TypeError(f"metric {key!r} must be a number, a string or None, got {type(value).__name__}")
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # Typically the last line of a run killed mid-write.
+            logger.warning("%s line %d is not valid JSON and is dropped", path, number)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
+
+
+def _union_fields(records: list[Record]) -> list[str]:
+    fields: dict[str, None] = {}
+    for record in records:
+        fields.update(dict.fromkeys(record))
+    return list(fields)
+
+
+@contextmanager
+def _atomic_text(path: Path, **open_kwargs: Any) -> Iterator[TextIO]:
+    """Write a temporary file next to ``path`` and rename it over ``path``: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", **open_kwargs) as file:
+            yield file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,63 @@
+"""Classify images with a training checkpoint: the top-k classes of each, with probabilities.
+
+    python predict.py outputs/<run>/best.pt photo.jpg [more.jpg ...] [--topk 5] [--device auto]
+
+An unreadable or missing image ends the run with one ``error:`` line naming it and exit status 2
+(answers are printed per image, so skipping one silently would be easy to misread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files to classify")
+    parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # Imported after parsing so --help answers without loading torch.
+    from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        model = load_model_from_checkpoint(args.checkpoint)
+        predictions = predict_images(model, args.images, topk=args.topk, device=device)
+    except USER_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+    width = max(len(name) for ranked in predictions for name, _ in ranked)
+    for path, ranked in zip(args.images, predictions, strict=True):
+        print(path)
+        for name, probability in ranked:
+            print(f"  {name:<{width}}  {probability:7.2%}")
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

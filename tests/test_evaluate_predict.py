@@ -1,0 +1,324 @@
+"""evaluate_folder / predict_images / load_model_from_checkpoint and the evaluate.py / predict.py commands,
+on a tiny generated image folder and a 64 px XXS checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mobilevit_torch import create_model
+from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.data.images import BadImageError
+from mobilevit_torch.data.transforms import eval_transform
+from mobilevit_torch.evaluation import (
+    EvaluationError,
+    evaluate_folder,
+    load_model_from_checkpoint,
+    predict_images,
+)
+from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
+from tests.conftest import REPO
+
+# Not in sorted order: labels must follow the model's list, not the folder listing.
+MODEL_CLASSES = ["tulip", "daisy", "rose"]
+# Different counts per class, so a by-position mix-up changes the confusion matrix rows.
+FOLDER_COUNTS = {"daisy": 2, "rose": 3, "tulip": 4}
+
+
+def _write_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """Noisy flat-colour images, 80x48 (neither square nor 64 px), alternating JPEG and PNG."""
+    g = torch.Generator().manual_seed(seed)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            colour = torch.rand(1, 1, 3, generator=g)
+            pixels = ((colour * 0.8 + torch.rand(48, 80, 3, generator=g) * 0.2) * 255).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / name / f"{name}_{i}{'.png' if i % 2 else '.jpg'}")
+    return root
+
+
+def _make_model(class_names: list[str], fit_to: Path) -> torch.nn.Module:
+    """A 64 px XXS whose predictions vary across the images in ``fit_to``.
+
+    A randomly initialised network gives nearly the same pooled features for every image, so it
+    would predict one class throughout and hide label mix-ups. The classifier is set to a random
+    projection of the standardised features of ``fit_to``'s images instead.
+    """
+    model = create_model("mobilevit_xxs", num_classes=len(class_names)).eval()
+    model.preprocessing = model.preprocessing.with_input_size(64)
+    model.class_names = list(class_names)
+    transform = eval_transform(model.preprocessing)
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in sorted(fit_to.rglob("*.*"))])
+    features: list[torch.Tensor] = []
+    hook = model.classifier.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
+    with torch.no_grad():
+        model(images)
+        hook.remove()
+        mean, std = features[0].mean(0), features[0].std(0) + 1e-6
+        weight = torch.randn(len(class_names), mean.numel()) / std / mean.numel() ** 0.5
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(-weight @ mean)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("eval")
+    folder = _write_folder(base / "photos", FOLDER_COUNTS)
+    model = _make_model(MODEL_CLASSES, folder)
+    checkpoint = save_checkpoint(base / "run" / "best.pt", {**model_payload(model, MODEL_CLASSES), "epoch": 0})
+    return {"base": base, "folder": folder, "model": model, "checkpoint": checkpoint}
+
+
+def _direct_confusion(model: torch.nn.Module, folder: Path) -> tuple[list[list[int]], torch.Tensor, list[int]]:
+    """The reference: every image opened with PIL, transformed, classified one by one."""
+    names = model.class_names
+    transform = eval_transform(model.preprocessing)
+    cm = [[0] * len(names) for _ in names]
+    logits, labels = [], []
+    with torch.no_grad():
+        for path in sorted(folder.rglob("*.*")):
+            label = names.index(path.parent.name)
+            with Image.open(path) as image:
+                x = transform(image.convert("RGB")).unsqueeze(0)
+            out = model(x)[0]
+            cm[label][int(out.argmax())] += 1
+            logits.append(out)
+            labels.append(label)
+    return cm, torch.stack(logits), labels
+
+
+def test_evaluate_folder_matches_direct_logits(setup: dict) -> None:
+    model = load_model_from_checkpoint(setup["checkpoint"])
+    assert model.class_names == MODEL_CLASSES
+    assert model.preprocessing.input_size == 64
+    assert not model.training
+
+    result = evaluate_folder(model, setup["folder"], batch_size=4, num_workers=0, progress=False)
+
+    expected_cm, _, _ = _direct_confusion(setup["model"], setup["folder"])
+    assert result.confusion.tolist() == expected_cm
+    assert [sum(row) for row in expected_cm] == [4, 2, 3]  # rows follow the model's class order
+    assert sum(any(row[c] for row in expected_cm) for c in range(3)) > 1, "the model predicts one class only"
+    assert result.class_names == MODEL_CLASSES
+    assert result.num_images == 9 and result.skipped == []
+    assert result.accuracy == pytest.approx(sum(expected_cm[i][i] for i in range(3)) / 9)
+    assert result.top5 is None
+    assert list(result.per_class) == MODEL_CLASSES
+    for i, name in enumerate(MODEL_CLASSES):
+        assert result.per_class[name] == pytest.approx(expected_cm[i][i] / sum(expected_cm[i]))
+    # The loaded model equals the saved one.
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), setup["model"](x))
+
+
+def test_evaluate_folder_subset_of_classes_top5_and_training_mode(tmp_path: Path) -> None:
+    names = ["a", "b", "c", "d", "e", "f"]
+    folder = _write_folder(tmp_path / "photos", {"e": 3, "b": 2}, seed=1)
+    model = _make_model(names, folder).train()
+
+    result = evaluate_folder(model, folder, batch_size=2, num_workers=2, progress=False)
+
+    model.eval()
+    expected_cm, logits, labels = _direct_confusion(model, folder)
+    assert result.confusion.shape == (6, 6)
+    assert result.confusion.tolist() == expected_cm
+    assert list(result.per_class) == ["b", "e"]  # only the classes the folder holds, in model order
+    top5 = sum(label in logits[i].topk(5).indices.tolist() for i, label in enumerate(labels)) / len(labels)
+    assert result.top5 == pytest.approx(top5)
+    observed_cm, observed_names = result.observed()
+    assert set(observed_names) >= {"b", "e"} and observed_cm.sum() == 5
+    # evaluate_folder restored train mode and left trainable (not inference-mode) parameters.
+    model.train()
+    evaluate_folder(model, folder, num_workers=0, progress=False)
+    assert model.training
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert model.classifier.weight.grad is not None
+
+
+def test_unknown_folder_class_is_an_error_naming_it(setup: dict, tmp_path: Path) -> None:
+    folder = shutil.copytree(setup["folder"], tmp_path / "photos")
+    _write_folder(tmp_path / "extra", {"sunflower": 1})
+    shutil.move(tmp_path / "extra" / "sunflower", folder / "sunflower")
+    with pytest.raises(DataError, match="sunflower"):
+        evaluate_folder(setup["model"], folder, num_workers=0, progress=False)
+
+
+def test_unreadable_images_are_skipped_counted_and_warned(
+    setup: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = shutil.copytree(setup["folder"], tmp_path / "photos")
+    (folder / "daisy" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "rose" / "empty.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        result = evaluate_folder(setup["model"], folder, batch_size=4, num_workers=2, progress=False)
+    assert sorted(Path(path).name for path, _ in result.skipped) == ["broken.jpg", "empty.png"]
+    assert result.num_images == 9
+    assert result.confusion.tolist() == _direct_confusion(setup["model"], setup["folder"])[0]
+    warnings = [r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()]
+    assert len(warnings) == 2 and any("broken.jpg" in w for w in warnings)
+
+    for path in folder.rglob("*_*.*"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(EvaluationError, match="none of the 11 image files"):
+        evaluate_folder(setup["model"], folder, num_workers=0, progress=False)
+
+
+def test_evaluate_folder_needs_class_names_and_class_folders(setup: dict, tmp_path: Path) -> None:
+    model = create_model("mobilevit_xxs", num_classes=3)
+    with pytest.raises(EvaluationError, match="no class names"):
+        evaluate_folder(model, setup["folder"], num_workers=0, progress=False)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "train").mkdir()
+    with pytest.raises(EvaluationError, match="pass .*val"):
+        evaluate_folder(setup["model"], tmp_path, num_workers=0, progress=False)
+
+
+def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model_from_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(EvaluationError, match="is a folder"):
+        load_model_from_checkpoint(tmp_path)
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(EvaluationError, match=r"cannot read .*notes\.pt"):
+        load_model_from_checkpoint(tmp_path / "notes.pt")
+    torch.save(setup["model"].state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(EvaluationError, match="not a mobilevit-torch training checkpoint"):
+        load_model_from_checkpoint(tmp_path / "plain.pt")
+
+
+def test_predict_images_ranks_classes_by_probability(setup: dict, tmp_path: Path) -> None:
+    model = setup["model"]
+    paths = sorted(setup["folder"].rglob("*.*"))[:3]
+    predictions = predict_images(model, paths, topk=5, batch_size=2)  # topk capped at 3 classes
+
+    _, logits, _ = _direct_confusion(model, setup["folder"])
+    probs = logits[:3].softmax(dim=1)
+    assert len(predictions) == 3
+    for ranked, p in zip(predictions, probs, strict=True):
+        assert len(ranked) == 3
+        assert [name for name, _ in ranked] == [MODEL_CLASSES[i] for i in p.argsort(descending=True).tolist()]
+        assert [prob for _, prob in ranked] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-5)
+        assert math.fsum(prob for _, prob in ranked) == pytest.approx(1.0, abs=1e-5)
+    assert len(predict_images(model, paths[:1], topk=1)[0]) == 1
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        predict_images(model, [paths[0], broken])
+    with pytest.raises(BadImageError, match="missing.jpg"):
+        predict_images(model, [paths[0], tmp_path / "missing.jpg"])
+    with pytest.raises(EvaluationError, match="topk"):
+        predict_images(model, paths, topk=0)
+
+
+def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_evaluate_cli_prints_report_and_writes_files(setup: dict) -> None:
+    done = _run(
+        "evaluate.py",
+        setup["checkpoint"],
+        setup["folder"],
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    expected_cm, _, _ = _direct_confusion(setup["model"], setup["folder"])
+    accuracy = sum(expected_cm[i][i] for i in range(3)) / 9
+    assert f"accuracy  {accuracy:.2%}" in done.stdout
+    assert "top-5     n/a" in done.stdout
+    for name in MODEL_CLASSES:
+        assert any(line.startswith(name) for line in done.stdout.splitlines())
+
+    output = setup["checkpoint"].parent / "eval_photos"  # the default: next to the checkpoint
+    report = json.loads((output / "eval.json").read_text())
+    assert report["accuracy"] == pytest.approx(accuracy)
+    assert report["confusion"] == expected_cm
+    assert report["images_per_class"] == {"tulip": 4, "daisy": 2, "rose": 3}
+    with Image.open(output / "confusion_matrix.png") as image:
+        assert image.format == "PNG"
+
+
+def _script(name: str):
+    """Import a top-level script, to call its ``main(argv)`` in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{Path(name).stem}", REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_error_line(stderr: str, expected: str) -> None:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], stderr
+
+
+def test_evaluate_cli_missing_checkpoint_is_one_line_exit_2(setup: dict, tmp_path: Path) -> None:
+    done = _run("evaluate.py", tmp_path / "missing.pt", setup["folder"], "--device", "cpu")
+    assert done.returncode == 2
+    _one_error_line(done.stderr, f"checkpoint not found: {tmp_path / 'missing.pt'}")
+
+
+@pytest.mark.parametrize("case", ["not a checkpoint", "unknown class folder", "output not writable"])
+def test_evaluate_cli_user_errors_in_process(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    checkpoint, folder, extra = setup["checkpoint"], setup["folder"], []
+    if case == "not a checkpoint":
+        checkpoint, expected = tmp_path / "weights.pt", "not a mobilevit-torch training checkpoint"
+        torch.save({"w": torch.zeros(1)}, checkpoint)
+    elif case == "unknown class folder":
+        folder, expected = _write_folder(tmp_path / "photos", {"daisy": 1, "cactus": 1}), "cactus"
+    else:
+        (tmp_path / "taken").write_text("a file where the output folder should go")
+        extra, expected = ["--output", tmp_path / "taken"], "taken"
+    argv = [str(a) for a in (checkpoint, folder, "--device", "cpu", "--workers", "0", "--no-progress", *extra)]
+    assert _script("evaluate.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, expected)
+
+
+def test_predict_cli_prints_class_names(setup: dict) -> None:
+    images = sorted(setup["folder"].rglob("*.*"))[:2]
+    done = _run("predict.py", setup["checkpoint"], *images, "--topk", "2", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6
+    assert lines[0] == str(images[0]) and lines[3] == str(images[1])
+    expected = predict_images(setup["model"], images, topk=2)
+    for block, ranked in zip((lines[1:3], lines[4:6]), expected, strict=True):
+        assert [line.split() for line in block] == [[name, f"{p:.2%}"] for name, p in ranked]
+
+
+def test_predict_cli_unreadable_image_is_one_line_exit_2(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    predict = _script("predict.py")
+    assert predict.main([str(setup["checkpoint"]), str(image), str(broken), "--device", "cpu"]) == 2
+    _one_error_line(capsys.readouterr().err, f"{broken}: not a recognised image format")
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error, also status 2
+        predict.main([str(setup["checkpoint"]), str(image), "--topk", "0"])
+    assert exit_info.value.code == 2
