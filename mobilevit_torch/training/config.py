@@ -102,7 +102,9 @@ class TrainConfig:
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         if self.data.img_size % 32:
-            raise ConfigError(f"data.img_size must be a multiple of 32 (the network's stride), got {self.data.img_size}")
+            raise ConfigError(
+                f"data.img_size must be a multiple of 32 (the network's stride), got {self.data.img_size}"
+            )
         if self.recipe.lr <= 0:
             raise ConfigError(f"recipe.lr must be positive, got {self.recipe.lr}")
         if not 0.0 <= self.recipe.ema_decay < 1.0:
@@ -111,6 +113,10 @@ class TrainConfig:
             pair = getattr(self.recipe, key)
             if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
                 raise ConfigError(f"recipe.{key} must be [low, high] with 0 < low <= high, got {pair}")
+        if (self.recipe.mixup > 0 or self.recipe.cutmix > 0) and self.data.batch_size % 2:
+            raise ConfigError(
+                f"data.batch_size must be even with mixup/cutmix (pairs of images), got {self.data.batch_size}"
+            )
         if self.recipe.augment == "keras" and 0 < self.recipe.resize < self.data.img_size:
             raise ConfigError(f"recipe.resize ({self.recipe.resize}) must be >= data.img_size ({self.data.img_size})")
         return self
@@ -119,9 +125,9 @@ class TrainConfig:
         """Paths that must exist before any work starts."""
         if self.resume and not Path(self.resume).expanduser().is_file():
             raise ConfigError(f"resume: no such checkpoint file: {self.resume}")
-        if isinstance(self.pretrained, str) and not Path(self.pretrained).expanduser().exists():
-            if not _HUB_ID.match(self.pretrained):
-                raise ConfigError(f"pretrained: no such file or folder: {self.pretrained}")
+        pretrained = self.pretrained
+        if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists() and not _HUB_ID.match(pretrained):
+            raise ConfigError(f"pretrained: no such file or folder: {pretrained}")
         if self.data.kind == "imagefolder" and not Path(self.data.root).expanduser().is_dir():
             raise ConfigError(f"data.root: no such folder: {self.data.root}")
         return self

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,36 +103,79 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     model.to(device, memory_format=memory_format)
 
     shard = pipeline.Shard(info.rank, info.world_size)
-    sizes = pipeline.multiscale_sizes(config.data.img_size, config.data.multiscale_sizes) if config.data.multiscale \
+    sizes = (
+        pipeline.multiscale_sizes(config.data.img_size, config.data.multiscale_sizes)
+        if config.data.multiscale
         else None
+    )
     if config.data.cache:
         cache_dir = Path(config.data.cache_dir).expanduser()
         workers = max(1, config.data.num_workers)
-        train_cache = decode_images(split.train, size=pipeline.train_cache_size(config.recipe, pre), mode="squash",
-                                    cache_dir=cache_dir, num_workers=workers, progress=info.is_main)
-        val_cache = decode_images(split.val, size=pre.resize_size, mode="center_crop", cache_dir=cache_dir,
-                                  num_workers=workers, progress=info.is_main)
+        train_cache = decode_images(
+            split.train,
+            size=pipeline.train_cache_size(config.recipe, pre),
+            mode="squash",
+            cache_dir=cache_dir,
+            num_workers=workers,
+            progress=info.is_main,
+        )
+        val_cache = decode_images(
+            split.val,
+            size=pre.resize_size,
+            mode="center_crop",
+            cache_dir=cache_dir,
+            num_workers=workers,
+            progress=info.is_main,
+        )
         skipped += train_cache.skipped + val_cache.skipped
         train_batches: Any = pipeline.CachedTrainBatches(
-            train_cache.images.to(device), train_cache.labels.to(device), batch_size=config.data.batch_size,
-            img_size=config.data.img_size, pre=pre, recipe=config.recipe, seed=config.seed, shard=shard, sizes=sizes,
+            train_cache.images.to(device),
+            train_cache.labels.to(device),
+            batch_size=config.data.batch_size,
+            img_size=config.data.img_size,
+            pre=pre,
+            recipe=config.recipe,
+            seed=config.seed,
+            shard=shard,
+            sizes=sizes,
         )
         val_images, val_labels = val_cache.images.to(device), val_cache.labels.to(device)
 
         def val_batches() -> Any:
-            return pipeline.CachedEvalBatches(val_images, val_labels, batch_size=config.data.eval_batch_size,
-                                              img_size=config.data.img_size, pre=pre, shard=shard)
+            return pipeline.CachedEvalBatches(
+                val_images,
+                val_labels,
+                batch_size=config.data.eval_batch_size,
+                img_size=config.data.img_size,
+                pre=pre,
+                shard=shard,
+            )
+
         num_train, num_val = len(train_cache.labels), len(val_cache.labels)
     else:
         train_batches = pipeline.LoaderTrainBatches(
-            split.train, batch_size=config.data.batch_size, img_size=config.data.img_size, pre=pre,
-            recipe=config.recipe, seed=config.seed, num_workers=config.data.num_workers, device=device, shard=shard,
+            split.train,
+            batch_size=config.data.batch_size,
+            img_size=config.data.img_size,
+            pre=pre,
+            recipe=config.recipe,
+            seed=config.seed,
+            num_workers=config.data.num_workers,
+            device=device,
+            shard=shard,
             sizes=sizes,
         )
 
         def val_batches() -> Any:
-            return pipeline.loader_eval_batches(split.val, batch_size=config.data.eval_batch_size, pre=pre,
-                                                num_workers=config.data.num_workers, device=device, shard=shard)
+            return pipeline.loader_eval_batches(
+                split.val,
+                batch_size=config.data.eval_batch_size,
+                pre=pre,
+                num_workers=config.data.num_workers,
+                device=device,
+                shard=shard,
+            )
+
         num_train, num_val = len(split.train), len(split.val)
     if skipped:
         logger.warning("skipped %d unreadable file(s); see the warnings above and summary.json", len(skipped))
@@ -152,8 +196,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
 
     train_model: nn.Module = model
     if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if config.compile:
         train_model = torch.compile(train_model)
 
@@ -161,8 +206,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
     carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
     if resume is not None:
-        start_epoch, start_step, history, best, carried = restore(resume, model, optimizer, scaler, ema, class_names,
-                                                                  config)
+        start_epoch, start_step, history, best, carried = restore(
+            resume, model, optimizer, scaler, ema, class_names, config
+        )
         logger.info("resumed from %s at epoch %d, step %d", config.resume, start_epoch, start_step)
     run_log = RunLogger(run_dir, tensorboard=config.tensorboard, resume=resume is not None) if info.is_main else None
     if info.is_main:
@@ -190,26 +236,42 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     epochs_this_run = 0
     try:
         for epoch in range(start_epoch, config.epochs):
-            if start_step == 0:
-                torch.manual_seed(config.seed * 1_000_003 + epoch * 7919 + info.rank)  # dropout: replayable
+            if start_step == 0:  # dropout (torch) and mixup (numpy) draws: replayable from (seed, epoch)
+                epoch_seed = config.seed * 1_000_003 + epoch * 7919 + info.rank
+                torch.manual_seed(epoch_seed)
+                np.random.seed(epoch_seed % 2**32)
             train_model.train()
             sums = {k: torch.tensor(carried[k], device=device, dtype=torch.float64) for k in carried}
-            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not (info.is_main and config.progress), leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=start_step,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not (info.is_main and config.progress),
+                leave=False,
+                dynamic_ncols=True,
+            )
             epoch_start = time.perf_counter()
             batches = train_batches.epoch(epoch, start_step)
             for step in range(start_step, steps_per_epoch):
                 x, y = next(batches)
                 update = epoch * updates_per_epoch + step // accum
-                lr = learning_rate(update, base_lr=config.recipe.lr, total_steps=total_updates,
-                                   warmup_steps=warmup_updates, min_lr=config.recipe.min_lr,
-                                   schedule=config.recipe.schedule)
+                lr = learning_rate(
+                    update,
+                    base_lr=config.recipe.lr,
+                    total_steps=total_updates,
+                    warmup_steps=warmup_updates,
+                    min_lr=config.recipe.min_lr,
+                    schedule=config.recipe.schedule,
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.contiguous(memory_format=memory_format)
                 targets = y
-                if mixup is not None:
+                if mixup is not None and len(x) % 2 == 0:  # per-image multi-scale batches may be odd
                     x, targets = mixup(x, y)
+                elif mixup is not None:
+                    smoothing = config.recipe.label_smoothing  # the same smoothed soft targets mixup makes
+                    targets = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
                 sync = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
                 no_sync = train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
                 with no_sync, autocast:
@@ -241,11 +303,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 if sync and stop_now:
                     barrier(info)
                     if info.is_main:
-                        save_checkpoint(run_dir / "last.pt",
-                                        checkpoint(epoch, step + 1, {k: v.item() for k, v in sums.items()}))
+                        save_checkpoint(
+                            run_dir / "last.pt", checkpoint(epoch, step + 1, {k: v.item() for k, v in sums.items()})
+                        )
                     raise TrainingInterrupted(
                         f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {run_dir / 'last.pt'}; "
-                        f"continue with resume={run_dir / 'last.pt'}", stop.signum or signal.SIGTERM)
+                        f"continue with resume={run_dir / 'last.pt'}",
+                        stop.signum or signal.SIGTERM,
+                    )
             bar.close()
             start_step = 0
             carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
@@ -256,12 +321,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             train_loss = totals[0] / max(totals[2], 1)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
-            val_loss, val_acc, confusion = evaluate(model, val_batches(), len(class_names), device, autocast,
-                                                    memory_format, info)
+            val_loss, val_acc, confusion = evaluate(
+                model, val_batches(), len(class_names), device, autocast, memory_format, info
+            )
             ema_acc, ema_confusion = None, None
             if ema is not None:
-                _, ema_acc, ema_confusion = evaluate(ema.module, val_batches(), len(class_names), device, autocast,
-                                                     memory_format, info)
+                _, ema_acc, ema_confusion = evaluate(
+                    ema.module, val_batches(), len(class_names), device, autocast, memory_format, info
+                )
             record = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
@@ -277,8 +344,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             improved_ema = ema_acc is not None and ema_acc > max(best["val_acc"], val_acc)
             if improved_model or improved_ema:
                 use_ema = bool(improved_ema)
-                best = {"val_acc": ema_acc if use_ema else val_acc, "epoch": epoch + 1,
-                        "weights": "ema" if use_ema else "model"}
+                best = {
+                    "val_acc": ema_acc if use_ema else val_acc,
+                    "epoch": epoch + 1,
+                    "weights": "ema" if use_ema else "model",
+                }
                 best_confusion = ema_confusion if use_ema else confusion
             if info.is_main:
                 assert run_log is not None
@@ -287,13 +357,22 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 save_checkpoint(run_dir / "last.pt", checkpoint(epoch + 1, 0, dict(carried)))
                 if improved_model or improved_ema:
                     best_model = ema.module if best["weights"] == "ema" and ema is not None else model
-                    save_checkpoint(run_dir / "best.pt", {**model_payload(best_model, class_names),
-                                                          "epoch": epoch + 1, "best": dict(best),
-                                                          "confusion": best_confusion.cpu()})
+                    save_checkpoint(
+                        run_dir / "best.pt",
+                        {
+                            **model_payload(best_model, class_names),
+                            "epoch": epoch + 1,
+                            "best": dict(best),
+                            "confusion": best_confusion.cpu(),
+                        },
+                    )
             epochs_this_run += 1
             if config.stop_after and epochs_this_run >= config.stop_after and epoch + 1 < config.epochs:
-                logger.info("stopping after %d epoch(s) as asked (stop_after); resume with resume=%s",
-                            epochs_this_run, run_dir / "last.pt")
+                logger.info(
+                    "stopping after %d epoch(s) as asked (stop_after); resume with resume=%s",
+                    epochs_this_run,
+                    run_dir / "last.pt",
+                )
                 break
     finally:
         stop.restore()
@@ -302,14 +381,25 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
 
     # ---- report ------------------------------------------------------------------------------
     history = run_log.history if run_log else []
-    summary = {"run_dir": str(run_dir), "model": config.model.name, "epochs": len(history),
-               "train_images": num_train, "val_images": num_val, "skipped_files": [list(s) for s in skipped],
-               "wall_time_s": time.perf_counter() - started}
+    summary = {
+        "run_dir": str(run_dir),
+        "model": config.model.name,
+        "epochs": len(history),
+        "train_images": num_train,
+        "val_images": num_val,
+        "skipped_files": [list(s) for s in skipped],
+        "wall_time_s": time.perf_counter() - started,
+    }
     if history:
         last = history[-1]
-        summary.update(best_val_acc=best["val_acc"], best_epoch=best["epoch"], best_weights=best["weights"],
-                       last_val_acc=last["val_acc"], last_ema_val_acc=last.get("ema_val_acc"),
-                       mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history))
+        summary.update(
+            best_val_acc=best["val_acc"],
+            best_epoch=best["epoch"],
+            best_weights=best["weights"],
+            last_val_acc=last["val_acc"],
+            last_ema_val_acc=last.get("ema_val_acc"),
+            mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history),
+        )
     if info.is_main and history:
         if best_confusion is None and (run_dir / "best.pt").exists():
             best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
@@ -350,8 +440,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     """AdamW without weight decay on biases and norm parameters (1-D tensors); Adam for the Keras recipe."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.recipe.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"
     if config.recipe.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.recipe.lr, fused=fused)
@@ -364,15 +453,26 @@ def build_criterion(config: TrainConfig, num_classes: int) -> tuple[nn.Module, A
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
-        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
-                      num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=recipe.mixup,
+            cutmix_alpha=recipe.cutmix,
+            label_smoothing=recipe.label_smoothing,
+            num_classes=num_classes,
+        )
         return SoftTargetCrossEntropy(), mixup
     return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, num_classes: int, device: torch.device, autocast: Any,
-             memory_format: torch.memory_format, info: DistInfo) -> tuple[float, float, Tensor]:
+def evaluate(
+    model: nn.Module,
+    batches: Any,
+    num_classes: int,
+    device: torch.device,
+    autocast: Any,
+    memory_format: torch.memory_format,
+    info: DistInfo,
+) -> tuple[float, float, Tensor]:
     """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks."""
     was_training = model.training
     model.eval()
@@ -399,11 +499,13 @@ def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[D
         root = Path(config.data.root).expanduser()
         if config.data.kind == "flowers":
             if info.is_main:
-                root = prepare_flowers(root, url=config.data.url or FLOWERS_URL,
-                                       sha256=config.data.sha256 or FLOWERS_SHA256)
+                root = prepare_flowers(
+                    root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
+                )
             barrier(info)
-            root = prepare_flowers(root, url=config.data.url or FLOWERS_URL,
-                                   sha256=config.data.sha256 or FLOWERS_SHA256)
+            root = prepare_flowers(
+                root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
+            )
         elif not root.is_dir():
             raise DataError(f"data.root does not exist or is not a folder: {root}")
         split = make_split(root, seed=config.seed, val_fraction=config.data.val_fraction)
@@ -415,20 +517,32 @@ def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[D
         val, bad_val = find_unreadable(split.val, num_workers=max(1, config.data.num_workers))
         split = dataclasses.replace(split, train=train, val=val)
         skipped = bad_train + bad_val
-    logger.info("data: %d training and %d validation images in %d classes (%s)", len(split.train),
-                len(split.val), len(split.class_names), split.source)
+    logger.info(
+        "data: %d training and %d validation images in %d classes (%s)",
+        len(split.train),
+        len(split.val),
+        len(split.class_names),
+        split.source,
+    )
     return split, skipped
 
 
-def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, ema: ModelEma | None, class_names: list[str],
-            config: TrainConfig) -> tuple[int, int, list, dict, dict]:
+def restore(
+    payload: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ema: ModelEma | None,
+    class_names: list[str],
+    config: TrainConfig,
+) -> tuple[int, int, list, dict, dict]:
     """Put model, optimizer, scaler, EMA and RNGs back exactly as the checkpoint left them."""
     if payload["model_name"] != config.model.name:
         raise ConfigError(f"resume: the checkpoint is a {payload['model_name']}, but model={config.model.name}")
     if list(payload["class_names"]) != list(class_names):
-        raise ConfigError(f"resume: the checkpoint's classes {payload['class_names']} differ from the data's "
-                          f"{class_names}")
+        raise ConfigError(
+            f"resume: the checkpoint's classes {payload['class_names']} differ from the data's {class_names}"
+        )
     unwrap_model(model).load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
@@ -437,19 +551,30 @@ def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
     step_in_epoch = int(payload.get("step_in_epoch", 0))
     if step_in_epoch:  # mid-epoch: continue the interrupted epoch's random stream
         set_rng_state(payload["rng"])
-    return (int(payload["epoch"]), step_in_epoch, list(payload.get("history", [])),
-            dict(payload.get("best", {"val_acc": -1.0, "epoch": -1, "weights": "model"})),
-            dict(payload.get("epoch_sums") or {"loss": 0.0, "correct": 0.0, "seen": 0.0}))
+    return (
+        int(payload["epoch"]),
+        step_in_epoch,
+        list(payload.get("history", [])),
+        dict(payload.get("best", {"val_acc": -1.0, "epoch": -1, "weights": "model"})),
+        dict(payload.get("epoch_sums") or {"loss": 0.0, "correct": 0.0, "seen": 0.0}),
+    )
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -478,16 +603,20 @@ class StopSignal:
 def diverged_message(epoch: int, step: int, value: float, run_dir: Path) -> str:
     last = run_dir / "last.pt"
     kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-    return (f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. "
-            "Lower recipe.lr, or set recipe.clip_grad=1.0.")
+    return (
+        f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. "
+        "Lower recipe.lr, or set recipe.clip_grad=1.0."
+    )
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     ema = f" | ema {100 * record['ema_val_acc']:.1f}%" if record.get("ema_val_acc") is not None else ""
-    return (f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
-            f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
-            f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
-            f"{record['images_per_s']:.0f} img/s | {record['epoch_time_s']:.1f} s")
+    return (
+        f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
+        f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
+        f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
+        f"{record['images_per_s']:.0f} img/s | {record['epoch_time_s']:.1f} s"
+    )
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -495,9 +624,11 @@ def summary_line(summary: dict[str, Any]) -> str:
         return f"no epoch finished; outputs in {summary['run_dir']}"
     ema = summary.get("last_ema_val_acc")
     ema_text = f", last EMA {100 * ema:.2f}%" if ema is not None else ""
-    return (f"done: best val acc {100 * summary['best_val_acc']:.2f}% (epoch {summary['best_epoch']}, "
-            f"{summary['best_weights']} weights), last {100 * summary['last_val_acc']:.2f}%{ema_text}; "
-            f"{summary['wall_time_s']:.0f} s; outputs in {summary['run_dir']}")
+    return (
+        f"done: best val acc {100 * summary['best_val_acc']:.2f}% (epoch {summary['best_epoch']}, "
+        f"{summary['best_weights']} weights), last {100 * summary['last_val_acc']:.2f}%{ema_text}; "
+        f"{summary['wall_time_s']:.0f} s; outputs in {summary['run_dir']}"
+    )
 
 
 def _log_to_file(path: Path) -> None:

@@ -53,9 +53,12 @@ def multiscale_sizes(base: int, sizes: list[int] | None) -> list[int]:
 
 
 def scaled_batch(batch_size: int, base: int, size: int, world_size: int) -> int:
-    """Batch size for ``size`` so every step costs about the same pixels; a multiple of world_size."""
-    scaled = max(world_size, int(batch_size * (base / size) ** 2))
-    return scaled - scaled % world_size
+    """Batch size for ``size`` so every step costs about the same pixels.
+
+    A multiple of ``2 * world_size``: every rank gets an even batch (mixup pairs images)."""
+    step = 2 * world_size
+    scaled = max(step, int(batch_size * (base / size) ** 2))
+    return scaled - scaled % step
 
 
 class CachedTrainBatches:
@@ -91,7 +94,11 @@ class CachedTrainBatches:
             size = self.img_size
             if self.sizes:
                 size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=generator))]
-            batch = scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size)
+            batch = (
+                self.batch_size
+                if size == self.img_size
+                else scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size)
+            )
             if position + batch > len(order):
                 return plan  # drop the last partial batch, like drop_last=True
             indices = order[position : position + batch]
@@ -99,7 +106,9 @@ class CachedTrainBatches:
             if self.recipe.augment == "keras":
                 crop = round(size * self.images.shape[-1] / self.img_size) if self.sizes else size
                 boxes = random_crop_boxes(
-                    batch, source_size=self.images.shape[-1], crop_size=min(crop, self.images.shape[-1]),
+                    batch,
+                    source_size=self.images.shape[-1],
+                    crop_size=min(crop, self.images.shape[-1]),
                     generator=generator,
                 )
             else:
@@ -126,8 +135,16 @@ class CachedTrainBatches:
 class CachedEvalBatches:
     """Validation batches: centre crops of on-device uint8 images, this rank's share only."""
 
-    def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, img_size: int, pre: Preprocessing,
-                 shard: Shard = Shard()) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        img_size: int,
+        pre: Preprocessing,
+        shard: Shard = Shard(),
+    ) -> None:
         self.images, self.labels = images[shard.rank :: shard.world_size], labels[shard.rank :: shard.world_size]
         self.batch_size, self.img_size, self.pre = batch_size, img_size, pre
 
@@ -142,10 +159,16 @@ def train_image_transform(recipe: RecipeConfig, pre: Preprocessing, size: int) -
     interpolation = interpolation_mode(pre.interpolation)
     if recipe.augment == "keras":
         resize = recipe.resize or pre.resize_size
-        steps: list = [T.Resize((resize * size // pre.input_size,) * 2, interpolation=interpolation), T.RandomCrop(size)]
+        steps: list = [
+            T.Resize((resize * size // pre.input_size,) * 2, interpolation=interpolation),
+            T.RandomCrop(size),
+        ]
     else:
-        steps = [T.RandomResizedCrop(size, scale=tuple(recipe.rrc_scale), ratio=tuple(recipe.rrc_ratio),
-                                     interpolation=interpolation)]
+        steps = [
+            T.RandomResizedCrop(
+                size, scale=tuple(recipe.rrc_scale), ratio=tuple(recipe.rrc_ratio), interpolation=interpolation
+            )
+        ]
     steps.append(T.RandomHorizontalFlip(recipe.hflip))
     if recipe.randaugment:
         steps.append(T.RandAugment())
@@ -155,9 +178,20 @@ def train_image_transform(recipe: RecipeConfig, pre: Preprocessing, size: int) -
 class LoaderTrainBatches:
     """Training batches from a DataLoader decoding and augmenting each image in worker processes."""
 
-    def __init__(self, samples: list[Sample], *, batch_size: int, img_size: int, pre: Preprocessing,
-                 recipe: RecipeConfig, seed: int, num_workers: int, device: torch.device, shard: Shard = Shard(),
-                 sizes: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        *,
+        batch_size: int,
+        img_size: int,
+        pre: Preprocessing,
+        recipe: RecipeConfig,
+        seed: int,
+        num_workers: int,
+        device: torch.device,
+        shard: Shard = Shard(),
+        sizes: list[int] | None = None,
+    ) -> None:
         per_rank = batch_size // shard.world_size
         self.device, self.seed = device, seed
         self.dataset = ImageListDataset(
@@ -166,11 +200,20 @@ class LoaderTrainBatches:
             transform_for_size=lambda size: train_image_transform(recipe, pre, size),
         )
         self.sampler = MultiScaleBatchSampler(
-            len(samples), base_size=img_size, base_batch_size=per_rank, sizes=sizes or [img_size], seed=seed,
-            rank=shard.rank, world_size=shard.world_size, drop_last=True,
+            len(samples),
+            base_size=img_size,
+            base_batch_size=per_rank,
+            sizes=sizes or [img_size],
+            seed=seed,
+            rank=shard.rank,
+            world_size=shard.world_size,
+            drop_last=True,
         )
         self.loader = DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
         )
 
@@ -186,8 +229,15 @@ class LoaderTrainBatches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def loader_eval_batches(samples: list[Sample], *, batch_size: int, pre: Preprocessing, num_workers: int,
-                        device: torch.device, shard: Shard = Shard()) -> Iterator[tuple[Tensor, Tensor]]:
+def loader_eval_batches(
+    samples: list[Sample],
+    *,
+    batch_size: int,
+    pre: Preprocessing,
+    num_workers: int,
+    device: torch.device,
+    shard: Shard = Shard(),
+) -> Iterator[tuple[Tensor, Tensor]]:
     dataset = ImageListDataset(samples[shard.rank :: shard.world_size], transform=eval_transform(pre))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     for x, y in loader:
@@ -197,4 +247,3 @@ def loader_eval_batches(samples: list[Sample], *, batch_size: int, pre: Preproce
 def train_cache_size(recipe: RecipeConfig, pre: Preprocessing) -> int:
     """Side of the square, squashed training images kept in the cache."""
     return recipe.resize or pre.resize_size
-

@@ -1,0 +1,143 @@
+"""Training end to end on generated folders (CPU): outputs, odd files, resume, NaN stop, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilevit_torch import create_model
+from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.config import ConfigError
+from mobilevit_torch.training.loop import TrainingDiverged, train
+from tests.train_helpers import CLASSES, make_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("photos"))
+
+
+def test_end_to_end_outputs_and_odd_files(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = train(tiny_config(tmp_path, folder), run)
+
+    for name in (
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "metrics.jsonl",
+        "split.json",
+        "summary.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "config.json",
+        "train.log",
+    ):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    # Two undecodable files skipped and counted; the five odd-but-valid images kept.
+    skipped = {Path(p).name for p, _ in summary["skipped_files"]}
+    assert skipped == {"notes.jpg", "empty.jpg"}
+    assert summary["train_images"] + summary["val_images"] == 3 * 8 + 5
+    assert summary["epochs"] == 2 and 0.0 <= summary["last_val_acc"] <= 1.0
+    assert set(summary["per_class_accuracy"]) == set(CLASSES)
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "lr", "images_per_s", "epoch_time_s"):
+        assert key in records[0]
+
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["class_names"] == list(CLASSES)
+    assert checkpoint["model_name"] == "mobilevit_xxs" and checkpoint["epoch"] == 2
+    for key in ("optimizer", "scaler", "ema", "rng", "config", "preprocessing"):
+        assert checkpoint[key] is not None, key
+    model = create_model("mobilevit_xxs", pretrained=run / "best.pt")
+    assert model.class_names == list(CLASSES) and model.preprocessing.input_size == 64
+    assert not list(run.glob(".*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_split_is_deterministic_and_saved(folder: Path, tmp_path: Path) -> None:
+    a = train(tiny_config(tmp_path, folder, epochs=1, plots=False), tmp_path / "a")
+    b = train(tiny_config(tmp_path, folder, epochs=1, plots=False), tmp_path / "b")
+    split_a = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert split_a == json.loads((tmp_path / "b" / "split.json").read_text())
+    assert a["val_images"] == b["val_images"]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: bool) -> None:
+    """Stopped after epoch 1 and resumed: the same final weights, bit for bit."""
+    options = {
+        "epochs": 3,
+        "plots": False,
+        "tensorboard": False,
+        "data.cache": cache,
+        "data.num_workers": 0 if not cache else 1,
+    }
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "full")
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "part")
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    train(tiny_config(tmp_path, folder, resume=str(tmp_path / "part" / "last.pt"), **options), tmp_path / "ignored")
+
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert resumed["epoch"] == 3
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for key, value in full["ema"]["module"].items():
+        assert torch.equal(value, resumed["ema"]["module"][key]), key
+    history = [r["epoch"] for r in resumed["history"]]
+    assert history == [1, 2, 3]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: Path) -> None:
+    options = {"epochs": 4, "plots": False, "tensorboard": False, "recipe.clip_grad": 0.0}
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    bad = tiny_config(tmp_path, folder, resume=str(last), **{**options, "recipe.lr": 1e30, "recipe.warmup_epochs": 0})
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf).*last good checkpoint"):
+        train(bad, tmp_path / "ignored")
+    assert last.read_bytes() == before
+
+
+def test_clear_errors_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.root"):
+        tiny_config(tmp_path, tmp_path / "missing").check_paths()
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "a" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no image"):
+        train(tiny_config(tmp_path, empty), tmp_path / "run")
+    with pytest.raises(ConfigError, match="resume"):
+        tiny_config(tmp_path, empty, resume=str(tmp_path / "nope.pt")).check_paths()
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        tiny_config(tmp_path, empty, **{"data.img_size": 100})
+
+
+def test_resume_refuses_another_model(folder: Path, tmp_path: Path) -> None:
+    train(tiny_config(tmp_path, folder, epochs=2, stop_after=1, plots=False), tmp_path / "run")
+    config = tiny_config(tmp_path, folder, resume=str(tmp_path / "run" / "last.pt"), **{"model.name": "mobilevit_xs"})
+    with pytest.raises(ConfigError, match="mobilevit_xxs"):
+        train(config, tmp_path / "other")
+
+
+def test_keras_recipe_and_multiscale_run(folder: Path, tmp_path: Path) -> None:
+    keras = {
+        "recipe.optimizer": "adam",
+        "recipe.schedule": "constant",
+        "recipe.augment": "keras",
+        "recipe.resize": 70,
+        "recipe.ema_decay": 0.0,
+        "recipe.mixup": 0.0,
+        "epochs": 1,
+        "plots": False,
+    }
+    assert train(tiny_config(tmp_path, folder, **keras), tmp_path / "keras")["epochs"] == 1
+    multiscale = {"data.multiscale": True, "data.multiscale_sizes": [32, 64, 96], "epochs": 1, "plots": False}
+    assert train(tiny_config(tmp_path, folder, **multiscale), tmp_path / "ms")["epochs"] == 1

@@ -1,0 +1,174 @@
+"""train.py as a user runs it: config composition, override errors, SIGTERM, torchrun DDP, real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.config import config_from_dict
+from mobilevit_torch.training.loop import train
+from tests.conftest import REPO
+from tests.train_helpers import as_overrides, make_folder, tiny_config
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("photos"), odd_files=False)
+
+
+def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+@pytest.mark.parametrize("model", ["xxs", "xs", "s"])
+@pytest.mark.parametrize("data", ["flowers", "imagefolder"])
+@pytest.mark.parametrize("recipe", ["default", "keras"])
+def test_every_config_composes(model: str, data: str, recipe: str) -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"data={data}", f"recipe={recipe}", "data.root=photos"])
+    from omegaconf import OmegaConf
+
+    config = config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate()
+    assert config.model.name == f"mobilevit_{model}"
+    assert config.data.kind == data
+    if recipe == "keras":  # the original example, as written
+        assert (config.epochs, config.data.batch_size, config.recipe.optimizer, config.recipe.lr) == (
+            30,
+            64,
+            "adam",
+            0.002,
+        )
+        assert (config.recipe.schedule, config.recipe.resize, config.recipe.label_smoothing) == ("constant", 280, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=abc", "epochs must be an integer"),
+        ("no_such_key=1", "no_such_key"),
+        ("data.batch_size=-4", "data.batch_size must be positive"),
+        ("model=xxxs", "xxxs"),
+        ("device=tpu", "device must be one of"),
+        ("resume=/no/such/last.pt", "resume: no such checkpoint file"),
+        ("pretrained=/no/such/weights.pt", "pretrained: no such file"),
+    ],
+)
+def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
+    result = run_train("data=imagefolder", "data.root=.", override, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_data_root_is_named() -> None:
+    result = run_train("data=imagefolder", "data.root=/no/such/photos", timeout=60)
+    assert result.returncode == 2 and "/no/such/photos" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_train("data=imagefolder", timeout=60)  # data.root is required for your own folder
+    assert result.returncode == 2 and "data.root" in result.stderr
+
+
+def test_sigterm_saves_resumable_checkpoint(folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, folder, epochs=6, plots=False, tensorboard=False)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *as_overrides(config), f"hydra.run.dir={run}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted at epoch" in stderr and "resume=" in stderr and "Traceback" not in stderr
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert 1 <= checkpoint["epoch"] < 6
+
+    resumed = train(
+        tiny_config(tmp_path, folder, epochs=6, plots=False, tensorboard=False, resume=str(run / "last.pt")),
+        tmp_path / "ignored",
+    )
+    assert resumed["epochs"] == 6
+    assert [r["epoch"] for r in load_checkpoint(run / "last.pt")["history"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_torchrun_two_processes_matches_single_process(folder: Path, tmp_path: Path) -> None:
+    """DDP over gloo on the CPU: same global batch and data, so the loss matches a single process."""
+    options = {
+        "epochs": 2,
+        "plots": False,
+        "tensorboard": False,
+        "recipe.mixup": 0.0,
+        "model.drop_rate": 0.0,
+        "model.dropout": 0.0,
+        "recipe.ema_decay": 0.0,
+        "data.batch_size": 8,
+    }
+    single = train(tiny_config(tmp_path, folder, **options), tmp_path / "single")
+    config = tiny_config(tmp_path, folder, **options)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "train.py",
+            *as_overrides(config),
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert ddp["train_images"] == single["train_images"]
+    single_log = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    ddp_log = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(ddp_log) == len(single_log) == 2
+    for a, b in zip(single_log, ddp_log, strict=True):
+        # Only BatchNorm differs: each rank normalises its half of the batch.
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+    # Rank 0 alone writes: one checkpoint, one log.
+    assert (tmp_path / "ddp" / "last.pt").is_file()
+
+
+def test_real_flowers_subset_loss_falls(flowers_root: Path, tmp_path: Path) -> None:
+    subset = tmp_path / "flowers"
+    for class_dir in sorted(p for p in flowers_root.iterdir() if p.is_dir()):
+        (subset / class_dir.name).mkdir(parents=True)
+        for photo in sorted(p for p in class_dir.iterdir() if p.is_file())[:40]:
+            (subset / class_dir.name / photo.name).symlink_to(photo)
+    config = tiny_config(
+        tmp_path,
+        subset,
+        epochs=4,
+        plots=False,
+        **{"data.batch_size": 16, "recipe.mixup": 0.0, "data.val_fraction": 0.1},
+    )
+    train(config, tmp_path / "run")
+    losses = [json.loads(x)["train_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0], losses
