@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/install_export_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,export]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	bash scripts/install_export_deps.sh $(BIN)/python
 	touch $(STAMP)
 
 train: $(STAMP)

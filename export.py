@@ -1,0 +1,96 @@
+"""Export a MobileViT to ONNX or TFLite, verified against PyTorch: ``python export.py format=onnx checkpoint=PATH``.
+
+Hydra stops here: the composed config becomes plain arguments to ``export_model``. The file goes to
+``output=PATH``, or by default into Hydra's run directory (``outputs/export/<date>_<time>/``), with
+``<file>.json`` and ``labels.txt`` beside it. User mistakes end with one ``error:`` line and exit
+status 2 (an unknown key too, before Hydra starts); a failed conversion or parity check with status 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parent / "conf"
+CONFIG = CONF / "export.yaml"
+
+
+def config_keys() -> list[str]:
+    """Every settable key of conf/export.yaml, dotted (``data.root``), Hydra's own excluded."""
+    config = OmegaConf.to_container(OmegaConf.load(CONFIG))
+    assert isinstance(config, dict)
+
+    def walk(node: dict[str, Any], prefix: str) -> list[str]:
+        keys = []
+        for key, value in node.items():
+            if key in ("defaults", "hydra"):
+                continue
+            keys.append(prefix + key)
+            if isinstance(value, dict):
+                keys.extend(walk(value, f"{prefix}{key}."))
+        return keys
+
+    return walk(config, "")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuse an unknown ``key=value`` with one line naming it (Hydra's own answer is a paragraph)."""
+    keys = config_keys()
+    sizes = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue  # Hydra's flags (--cfg job, -m, --help) and their values
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key == "model" and value not in (*sizes, "null"):
+            fail(f"unknown model {value!r}: choose model={'|'.join(sizes)}", 2)
+        if key == "hydra" or key.startswith("hydra.") or key in keys:
+            continue
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        fail(f"unknown option {key!r}{hint}; options: {', '.join(keys)}", 2)
+
+
+def fail(message: str, code: int) -> None:
+    logging.shutdown()
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    # Our progress at INFO; the converters' own chatter (onnxscript's optimiser, ...) only when it warns.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("mobilevit_torch").setLevel(logging.INFO)
+    from mobilevit_torch.export import ConversionError, ExportError, ParityError, export_model
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    data = config.pop("data") or {}
+    model = config.pop("model")  # model=xxs composes conf/model/xxs.yaml; only its registry name matters here
+    try:
+        result = export_model(
+            **config,
+            model=model["name"] if isinstance(model, dict) else model,
+            data_root=data.get("root") if isinstance(data, dict) else data,
+            output_dir=HydraConfig.get().runtime.output_dir,
+        )
+    except ExportError as error:
+        fail(" ".join(str(error).split()), 2)
+    except (ConversionError, ParityError) as error:
+        fail(" ".join(str(error).split()), 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    print(result.summary())
+
+
+if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
+    main()

@@ -1,0 +1,72 @@
+"""What can go wrong in an export, and the check that the export toolchain is installed.
+
+Three kinds of failure, so a command line can answer each with one line and the right status:
+``ExportError`` for a request that cannot be carried out as asked (a bad argument, a missing file or
+package: the user's to fix), ``ConversionError`` for a converter that failed on a valid request, and
+``ParityError`` for an exported file whose outputs do not match PyTorch's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+# onnx2tf pins exact, older versions of numpy/onnx/onnxruntime/protobuf and tf-keras requires the
+# `tensorflow` package (not `tensorflow-cpu`); both are installed without their dependencies, which
+# the [export] extra provides. scripts/install_export_deps.sh runs exactly these commands.
+EXPORT_EXTRA = 'pip install "mobilevit-torch[export]"'
+NO_DEPS_PACKAGES = "onnx2tf==1.29.24 tf-keras==2.21.0"
+
+# Python modules each format needs at export time (import name -> package that provides it).
+ONNX_MODULES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"}
+TFLITE_MODULES = {
+    **ONNX_MODULES,
+    "onnx2tf": "onnx2tf",
+    "tensorflow": "tensorflow-cpu",
+    "tf_keras": "tf-keras",
+    "ai_edge_litert": "ai-edge-litert",
+    "onnxsim": "onnxsim",
+    "onnx_graphsurgeon": "onnx-graphsurgeon",
+    "sng4onnx": "sng4onnx",
+    "psutil": "psutil",
+}
+
+
+class ExportError(ValueError):
+    """A request that cannot be exported as asked: a bad argument, a missing file, folder or package."""
+
+
+class ConversionError(RuntimeError):
+    """A converter (the ONNX exporter, onnx2tf, the TFLite converter) failed on a valid request."""
+
+
+class ParityError(RuntimeError):
+    """The exported file's outputs differ from PyTorch's by more than the precision allows."""
+
+
+def require_modules(modules: dict[str, str], *, purpose: str) -> None:
+    """Fail with one line naming the install command when any of ``modules`` is missing.
+
+    Uses ``find_spec``, which locates a module without importing it, so the check costs nothing and
+    runs before any work.
+    """
+    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return
+    install = EXPORT_EXTRA
+    if any(module in modules for module in ("onnx2tf", "tf_keras")):
+        install += f" && pip install --no-deps {NO_DEPS_PACKAGES}"
+    raise ExportError(f"{purpose} needs {', '.join(missing)}, not installed: {install}")
+
+
+def onnxsim_executable() -> str:
+    """The ``onnxsim`` command onnx2tf shells out to: the one beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "onnxsim"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("onnxsim")
+    if found is None:
+        raise ExportError(f"format=tflite needs the onnxsim command, not found: {EXPORT_EXTRA}")
+    return found

@@ -1,0 +1,210 @@
+"""``export_model``: check the request, write the file, verify it against PyTorch, write the sidecar.
+
+The order is the contract: every argument, path and package is checked before the model is loaded
+or anything is written; every export ends with a numeric parity check of the written file (run by
+the runtime an app would use) against the PyTorch model on the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.export.errors import ExportError, ParityError, require_modules
+from mobilevit_torch.export.formats import ExportJob, check_precision, get_format
+from mobilevit_torch.export.images import load_images, pick_images, random_inputs
+from mobilevit_torch.export.parity import ParityReport, compare
+from mobilevit_torch.export.runtime import builtin_operators, open_runner
+from mobilevit_torch.export.sidecar import write_sidecar
+from mobilevit_torch.export.source import checkpoint_data_root, load_model, resolve_source
+from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+logger = logging.getLogger("mobilevit_torch")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    precision: str
+    size_bytes: int
+    seconds: float
+    parity: ParityReport
+    sidecar: Path
+    labels: Path
+
+    def summary(self) -> str:
+        """The one success line every format prints."""
+        return (
+            f"exported {self.format} {self.precision} -> {self.path} ({self.size_bytes / 1e6:.2f} MB) "
+            f"in {self.seconds:.1f} s; parity: {self.parity.summary()}"
+        )
+
+
+def export_model(
+    *,
+    format: str,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    pretrained: bool | str | Path | None = None,
+    num_classes: int | None = None,
+    output: str | Path | None = None,
+    output_dir: str | Path = ".",
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    img_size: int | None = None,
+    dynamic_batch: bool = False,
+    data_root: str | Path | None = None,
+    calib_images: int = 100,
+    check_images: int = 32,
+    seed: int = 0,
+) -> ExportResult:
+    """Export a MobileViT to ``format`` (``onnx`` or ``tflite``) and verify it against PyTorch.
+
+    Args:
+        format: ``onnx`` or ``tflite`` (see :data:`~mobilevit_torch.export.formats.FORMATS`).
+        checkpoint: a mobilevit-torch training checkpoint; or, instead, ``model`` (``xxs``/``xs``/``s``)
+            with ``pretrained`` weights (any layout ``create_model`` reads) and ``num_classes``.
+        output: the file to write; by default ``<output_dir>/<model>_<precision>.<suffix>``.
+        precision: ``fp32`` (ONNX and TFLite); ``fp16``, ``int8_dynamic`` (int8 weights, float
+            activations) or ``int8`` (full integer, calibrated on ``calib_images`` real images) for TFLite.
+        opset: ONNX opset, 18 to 23 (also used for the intermediate ONNX of a TFLite export).
+        img_size: input side in pixels (a multiple of 32); by default the model's preprocessing size.
+        dynamic_batch: ONNX only: a symbolic batch dimension instead of 1.
+        data_root: a folder of real images (one sub-folder per class) for calibration and parity checks;
+            by default the checkpoint's training folder when it exists here, else random inputs
+            (which ``int8`` refuses).
+        calib_images, check_images: how many images calibrate int8, and how many the parity check runs.
+        seed: picks the images (and the random inputs without a folder).
+
+    Raises:
+        ExportError: a bad argument, a missing file, folder or package (before any work).
+        ConversionError: a converter failed.
+        ParityError: a float export's logits differ from PyTorch's by more than the tolerance
+            (1e-4 for fp32, 1e-2 for fp16); the file and its sidecar are left for inspection.
+    """
+    # -- check everything before any work --------------------------------------------------------
+    fmt = get_format(format)
+    check_precision(fmt, precision)
+    _check_int("opset", opset, low=MIN_OPSET, high=MAX_OPSET)
+    if img_size is not None:
+        _check_int("img_size", img_size, low=32)
+        if img_size % 32:
+            raise ExportError(f"img_size must be a multiple of 32 (the network's stride), got {img_size}")
+    if not isinstance(dynamic_batch, bool):
+        raise ExportError(f"dynamic_batch must be true or false, got {dynamic_batch!r}")
+    if dynamic_batch and fmt.name != "onnx":
+        raise ExportError(f"dynamic_batch applies to format=onnx; a {fmt.name} file has batch 1")
+    _check_int("calib_images", calib_images, low=1)
+    _check_int("check_images", check_images, low=1)
+    if output is not None and Path(output).suffix != fmt.suffix:
+        raise ExportError(f"output {output} must end in {fmt.suffix} for format={fmt.name}")
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise ExportError(f"data.root: no such folder: {data_root}")
+    source = resolve_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)
+    implicit_root = data_root is None and (found := checkpoint_data_root(source)) is not None
+    if implicit_root:
+        logger.info("real images from the checkpoint's data folder %s", found)
+        data_root = found
+    if precision == "int8" and data_root is None:
+        raise ExportError("precision=int8 is calibrated on real images: pass data.root=PATH (a folder of photos)")
+    require_modules(fmt.modules, purpose=f"format={fmt.name}")
+
+    # -- load the model and the images -----------------------------------------------------------
+    net = load_model(source)
+    preprocessing = net.preprocessing.with_input_size(img_size) if img_size else net.preprocessing
+    size = preprocessing.input_size
+    class_names = list(net.class_names or [f"class_{i}" for i in range(net.num_classes)])
+    calibration, check = None, None
+    if data_root is not None:
+        try:
+            picked = pick_images(
+                data_root,
+                calib_images=calib_images,
+                check_images=check_images,
+                seed=seed,
+                **_split_args(source.training_config),
+            )
+        except DataError as error:
+            if not implicit_root or precision == "int8":
+                raise ExportError(f"data.root: {error}") from None
+            logger.warning("not using the checkpoint's data folder: %s", error)
+        else:
+            check, _ = load_images(picked.check, preprocessing)
+            if precision == "int8":
+                calibration, _ = load_images(picked.calibration, preprocessing)
+                logger.info("calibrating on %d images from %s", len(calibration), picked.root)
+            if len(check) == 0 or (calibration is not None and len(calibration) == 0):
+                raise ExportError(f"data.root: no readable images in {data_root}")
+    real = check is not None
+    if check is None:
+        check = random_inputs(check_images, preprocessing, seed=seed)
+
+    path = Path(output) if output is not None else Path(output_dir) / f"{source.model_name}_{precision}{fmt.suffix}"
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- write ------------------------------------------------------------------------------------
+    logger.info("exporting %s to %s (%s, %d px)", source.describe(), path, precision, size)
+    started = time.perf_counter()
+    job = ExportJob(net, path, precision, size, opset, dynamic_batch, sample=check, calibration=calibration)
+    converter = fmt.write(job)
+    seconds = time.perf_counter() - started
+
+    # -- verify -----------------------------------------------------------------------------------
+    if fmt.name == "tflite":
+        converter["tflite_ops"] = builtin_operators(path)
+    runner = open_runner(path)
+    report = compare(pytorch_logits(net, check), runner(check.numpy()), precision=precision, real_images=real)
+    sidecar, labels = write_sidecar(
+        path,
+        format_name=fmt.name,
+        precision=precision,
+        model_name=source.model_name,
+        source=source.describe(),
+        io=runner.describe(),
+        preprocessing=preprocessing,
+        class_names=class_names,
+        parity=report,
+        converter={**converter, "seconds": round(seconds, 2)},
+    )
+    result = ExportResult(path, fmt.name, precision, path.stat().st_size, seconds, report, sidecar, labels)
+    if not report.passed:
+        raise ParityError(f"{path} does not match PyTorch: {report.summary()}")
+    if not report.meets_aim:
+        logger.warning("%s: top-1 agreement below the aim for %s: %s", path.name, precision, report.summary())
+    return result
+
+
+@torch.no_grad()
+def pytorch_logits(model: nn.Module, images: Tensor, *, batch_size: int = 16) -> np.ndarray:
+    """The reference: the eval-mode PyTorch model's float32 logits, ``[N, classes]``."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def _split_args(config: dict[str, Any]) -> dict[str, Any]:
+    """The training run's split (seed, validation fraction), so checks use images it held out."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    args: dict[str, Any] = {}
+    if isinstance(config.get("seed"), int):
+        args["split_seed"] = config["seed"]
+    if isinstance(data.get("val_fraction"), float):
+        args["val_fraction"] = data["val_fraction"]
+    return args
+
+
+def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ExportError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ExportError(f"{name} must be {span}, got {value}")

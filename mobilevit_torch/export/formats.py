@@ -1,0 +1,84 @@
+"""The format table: each export format's file suffix, precisions, packages, and the one function that writes it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mobilevit_torch.export.errors import ONNX_MODULES, TFLITE_MODULES, ExportError
+from mobilevit_torch.export.to_onnx import export_onnx
+from mobilevit_torch.export.to_tflite import PRECISIONS as TFLITE_PRECISIONS
+from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, onnx2tf_sample
+
+
+@dataclass
+class ExportJob:
+    """A checked request, ready to write: the model, where, and how."""
+
+    model: nn.Module
+    output: Path
+    precision: str
+    img_size: int
+    opset: int
+    dynamic_batch: bool
+    sample: Tensor  # [N, 3, S, S] model inputs at hand (real images when given): onnx2tf's test sample
+    calibration: Tensor | None  # [N, 3, S, S] real images for full-integer int8, else None
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str
+    precisions: tuple[str, ...]
+    modules: dict[str, str]  # import name -> package, checked before any work
+    write: Callable[[ExportJob], dict[str, Any]]  # writes job.output, returns what the sidecar records about it
+
+
+def _write_onnx(job: ExportJob) -> dict[str, Any]:
+    export_onnx(job.model, job.output, img_size=job.img_size, opset=job.opset, dynamic_batch=job.dynamic_batch)
+    exporter = "torch.onnx.export (dynamo=True, optimize=True)"
+    return {"exporter": exporter, "torch": torch.__version__, "opset": job.opset}
+
+
+def _write_tflite(job: ExportJob) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="mobilevit_onnx_") as tmp:
+        onnx_path = export_onnx(job.model, Path(tmp) / "model.onnx", img_size=job.img_size, opset=job.opset)
+        # [N, 3, S, S] -> [N, S, S, 3]: TFLite's input layout
+        calibration = None if job.calibration is None else job.calibration.permute(0, 2, 3, 1).numpy()
+        info = convert_onnx_to_tflite(
+            onnx_path, {job.precision: job.output}, sample=onnx2tf_sample(job.sample), calibration=calibration
+        )
+    return {
+        "exporter": "torch.onnx.export (dynamo) -> onnx2tf (SavedModel) -> TFLiteConverter (builtin ops only)",
+        "torch": torch.__version__,
+        "opset": job.opset,
+        **info,
+    }
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat("onnx", ".onnx", ("fp32",), ONNX_MODULES, _write_onnx),
+    "tflite": ExportFormat("tflite", ".tflite", TFLITE_PRECISIONS, TFLITE_MODULES, _write_tflite),
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise ExportError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def check_precision(fmt: ExportFormat, precision: str) -> None:
+    if precision in fmt.precisions:
+        return
+    others = [f.name for f in FORMATS.values() if precision in f.precisions]
+    hint = f" (precision={precision} is available with format={'|'.join(others)})" if others else ""
+    raise ExportError(
+        f"format={fmt.name} does not support precision={precision}: choose {'|'.join(fmt.precisions)}{hint}"
+    )

@@ -1,0 +1,134 @@
+"""Which weights to export: a training checkpoint, or a registered model with optional pretrained weights.
+
+``checkpoint=PATH`` names everything (model, classes, preprocessing). Without one, ``model`` (``xxs``,
+``xs``, ``s`` or the registry name) plus ``pretrained`` (any layout ``create_model`` reads) and
+``num_classes`` build the model. Every combination is checked, and every file found, before anything
+is loaded; errors are :class:`ExportError` with one line that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mobilevit_torch.export.errors import ExportError
+from mobilevit_torch.registry import UnknownModelError, create_model, list_models
+from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.weights import WeightsError
+
+logger = logging.getLogger("mobilevit_torch")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checked request for a model: what to build and from which weights."""
+
+    model_name: str
+    checkpoint: Path | None = None
+    pretrained: bool | str | None = None
+    num_classes: int | None = None
+    training_config: dict[str, Any] = field(default_factory=dict)  # the checkpoint's, when it has one
+
+    def describe(self) -> str:
+        if self.checkpoint is not None:
+            return str(self.checkpoint)
+        if self.pretrained:
+            return f"{self.model_name} with weights {self.pretrained}"
+        return f"{self.model_name} (random initialisation)"
+
+
+def registry_name(model: str) -> str:
+    """``xxs`` -> ``mobilevit_xxs``; a registered full name is kept; anything else is an error."""
+    name = model if model.startswith("mobilevit_") else f"mobilevit_{model}"
+    if name not in list_models():
+        sizes = ", ".join(n.removeprefix("mobilevit_") for n in list_models())
+        raise ExportError(f"unknown model {model!r}: choose one of {sizes}")
+    return name
+
+
+def resolve_source(
+    *,
+    checkpoint: str | Path | None,
+    model: str | None,
+    pretrained: bool | str | Path | None,
+    num_classes: int | None,
+) -> ModelSource:
+    """Check the combination and the files; read the checkpoint's description (not its use)."""
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+        raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if checkpoint is None:
+        if model is None:
+            raise ExportError("nothing to export: pass checkpoint=PATH, or model=xxs|xs|s (with pretrained=PATH)")
+        if pretrained not in (None, False, True):
+            pretrained = str(pretrained)
+            if not Path(pretrained).expanduser().exists() and not _HUB_ID.match(pretrained):
+                raise ExportError(f"pretrained weights not found: {pretrained} (no such file or folder)")
+        return ModelSource(registry_name(model), pretrained=pretrained or None, num_classes=num_classes)
+
+    if pretrained not in (None, False):
+        raise ExportError("pass either checkpoint=PATH or pretrained=PATH (with model=...), not both")
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise ExportError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise ExportError(f"checkpoint {path} is a folder; pass the file inside it (e.g. {path / 'best.pt'})")
+    try:
+        payload = load_checkpoint(path)
+    except ValueError:
+        raise ExportError(
+            f"{path} is not a mobilevit-torch training checkpoint; for other weights pass "
+            f"model=xxs|xs|s pretrained={path}"
+        ) from None
+    except Exception as error:
+        raise ExportError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+    stored = payload.get("model_name")
+    if not isinstance(stored, str) or stored not in list_models():
+        raise ExportError(f"{path} does not name a registered model (model_name={stored!r})")
+    if model is not None and registry_name(model) != stored:
+        raise ExportError(f"{path} holds a {stored} checkpoint, not {registry_name(model)}: drop model= or fix it")
+    stored_classes = len(payload["state_dict"].get("classifier.weight", ()))
+    if num_classes is not None and num_classes != stored_classes:
+        raise ExportError(
+            f"num_classes={num_classes} does not match the checkpoint's {stored_classes} classes "
+            "(exporting a re-initialised classifier is never useful): drop num_classes="
+        )
+    config = payload.get("config")
+    return ModelSource(stored, checkpoint=path, training_config=config if isinstance(config, dict) else {})
+
+
+def load_model(source: ModelSource) -> nn.Module:
+    """Build the model with its weights, in eval mode on the CPU."""
+    try:
+        if source.checkpoint is not None:
+            model = create_model(source.model_name, pretrained=source.checkpoint)
+        else:
+            model = create_model(
+                source.model_name, pretrained=source.pretrained or False, num_classes=source.num_classes
+            )
+    except (WeightsError, UnknownModelError, FileNotFoundError) as error:
+        raise ExportError(" ".join(str(error).split())) from None
+    if source.checkpoint is None and not source.pretrained:
+        logger.warning("exporting %s with random weights (no checkpoint= or pretrained= given)", source.model_name)
+    return model.eval()
+
+
+def checkpoint_data_root(source: ModelSource) -> Path | None:
+    """The image folder the checkpoint was trained on, when its config names one that exists here."""
+    data = source.training_config.get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    if not isinstance(root, str) or not root:
+        return None
+    path = Path(root).expanduser()
+    return path if path.is_dir() else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,103 @@
+"""ONNX -> TFLite, run in a process of its own by :mod:`mobilevit_torch.export.to_tflite`.
+
+    python tflite_worker.py request.json
+
+onnx2tf turns the ONNX graph into a Keras model (NCHW -> NHWC throughout, the input becomes
+``[1, H, W, 3]``; its layers keep the ONNX input and output names, ``input`` and ``logits``, which
+become the TFLite signature's). TensorFlow's TFLite converter then writes each requested precision
+from that one model, allowed builtin TFLite ops only, so a graph that would need the Flex delegate
+(SELECT_TF_OPS) fails here instead of producing a file an app cannot run. onnx2tf's own SavedModel
+and TFLite outputs are skipped (``disable_model_save``): they allow Flex ops and cost time.
+
+This file is run by path, not imported as part of the package: it imports neither torch nor
+mobilevit_torch (TensorFlow and PyTorch in one process fight over threads and protobuf), only the
+standard library, TensorFlow and onnx2tf. The parent puts a ``sitecustomize`` on ``PYTHONPATH`` that
+refuses network connections in this process and in the ``onnxsim`` processes onnx2tf starts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def main(request_file: str) -> int:
+    request = json.loads(Path(request_file).read_text())
+    if not getattr(socket.socket.connect, "offline_guard", False):
+        print("refusing to convert: the offline guard (sitecustomize) is not active", file=sys.stderr)
+        return 3
+
+    import onnx2tf
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    # output_signaturedefs: layer names without onnx2tf's leading "/", as a signature wants them.
+    model = onnx2tf.convert(
+        input_onnx_file_path=request["onnx"],
+        output_folder_path=str(Path(request["workdir"]) / "onnx2tf"),
+        output_signaturedefs=True,
+        disable_model_save=True,
+        verbosity="info",
+    )
+    onnx2tf_seconds = time.perf_counter() - started
+    if len(model.inputs) != 1:
+        print(f"expected one model input, onnx2tf made {len(model.inputs)}", file=sys.stderr)
+        return 4
+
+    seconds = {}
+    for precision, target in request["outputs"].items():
+        started = time.perf_counter()
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        _configure(converter, tf, precision, request.get("calibration"))
+        Path(target).write_bytes(converter.convert())
+        seconds[precision] = round(time.perf_counter() - started, 2)
+
+    result: dict[str, Any] = {
+        "onnx2tf": onnx2tf.__version__,
+        "tensorflow": tf.__version__,
+        "onnx2tf_seconds": round(onnx2tf_seconds, 2),
+        "tflite_seconds": seconds,
+    }
+    Path(request["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def _configure(converter: Any, tf: Any, precision: str, calibration: str | None) -> None:
+    """Builtin ops only for every precision: no SELECT_TF_OPS, so no Flex delegate is ever needed."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        # float16 weights (half the size), dequantised to float32 when the interpreter loads them.
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8_dynamic":
+        # Dynamic-range: int8 weights, float32 activations quantised on the fly per op. No calibration.
+        pass
+    elif precision == "int8":
+        # Full integer: int8 weights and activations (ranges from real calibration images), int8 input/output.
+        if calibration is None:
+            raise ValueError("precision int8 needs calibration images")
+        import numpy as np
+
+        images = np.load(calibration)  # [N, H, W, 3] float32, already preprocessed like the model input
+
+        def representative_dataset() -> Iterator[list[Any]]:
+            for index in range(images.shape[0]):
+                yield [images[index : index + 1]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    else:
+        raise ValueError(f"unknown precision {precision!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

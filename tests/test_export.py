@@ -1,0 +1,331 @@
+"""Export: ONNX + ONNX Runtime parity for every variant, the sidecar, and every way a request can be wrong.
+
+The TFLite conversions (slow: onnx2tf) are in test_export_tflite.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilevit_torch import create_model, list_models
+from mobilevit_torch.export import ExportError, ParityError, export_model, open_runner
+from mobilevit_torch.export import exporter as exporter_module
+from mobilevit_torch.export.images import balanced, pick_images
+from mobilevit_torch.export.parity import compare
+from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
+from mobilevit_torch.preprocessing import Preprocessing
+from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
+from tests.conftest import REPO, randomize_norms
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+def make_folder(root: Path, classes: list[str] = CLASSES, per_class: int = 6) -> Path:
+    """A tiny ImageFolder of generated photos: a different tint per class, odd sizes, mixed formats."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, size=(72 + 8 * index, 96, 3), dtype=np.uint8)
+            pixels[..., label % 3] = np.clip(pixels[..., label % 3].astype(int) + 80, 0, 255)
+            suffix = ".png" if index % 2 else ".jpg"
+            Image.fromarray(pixels).save(root / name / f"img{index}{suffix}")
+    return root
+
+
+def make_checkpoint(path: Path, name: str = "mobilevit_xxs", classes: list[str] = CLASSES) -> Path:
+    """A random-init checkpoint with random BatchNorm statistics (so no norm is the identity)."""
+    model = randomize_norms(create_model(name, num_classes=len(classes)))
+    model.class_names = list(classes)
+    return save_checkpoint(path, model_payload(model, classes))
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    return {
+        "base": base,
+        "folder": make_folder(base / "photos"),
+        **{name: make_checkpoint(base / f"{name}.pt", name) for name in list_models()},
+    }
+
+
+# -- ONNX: every variant, parity in ONNX Runtime ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"])
+def test_onnx_parity_every_variant(assets: dict[str, Path], tmp_path: Path, name: str) -> None:
+    # 160 px: the last stage's 5x5 map is not whole 2x2 patches, so the resize path is exported too.
+    img_size = 256 if name == "mobilevit_xxs" else 160
+    result = export_model(
+        format="onnx",
+        checkpoint=assets[name],
+        data_root=assets["folder"],
+        img_size=img_size,
+        check_images=3,
+        output=tmp_path / "model.onnx",
+    )
+    assert result.parity.real_images and result.parity.images == 3
+    assert result.parity.max_abs_diff <= 1e-4 and result.parity.passed
+
+    # Independently of export_model's own check: ONNX Runtime against PyTorch on fresh inputs.
+    model = create_model(name, pretrained=assets[name]).eval()
+    x = torch.rand(1, 3, img_size, img_size) * 2 - 0.5
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = open_runner(result.path)(x.numpy())
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(expected).max() > 1e-3  # the comparison is not between two near-zero tensors
+
+
+def test_onnx_dynamic_batch_and_random_inputs(assets: dict[str, Path], tmp_path: Path) -> None:
+    result = export_model(
+        format="onnx",
+        checkpoint=assets["mobilevit_xxs"],
+        dynamic_batch=True,
+        check_images=3,
+        output=tmp_path / "dyn.onnx",
+    )
+    assert not result.parity.real_images and result.parity.passed
+    runner = open_runner(result.path)
+    assert runner.describe()["input"]["shape"][0] == "batch"
+    model = create_model("mobilevit_xxs", pretrained=assets["mobilevit_xxs"]).eval()
+    x = torch.rand(5, 3, 256, 256)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = runner.session.run(None, {"input": x.numpy()})[0]  # all 5 in one call
+    assert got.shape == (5, 3) and np.abs(got - expected).max() <= 1e-4
+
+
+def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
+    result = export_model(
+        format="onnx",
+        checkpoint=assets["mobilevit_xxs"],
+        data_root=assets["folder"],
+        check_images=2,
+        output_dir=tmp_path,
+    )
+    assert result.path == tmp_path / "mobilevit_xxs_fp32.onnx"
+    assert result.sidecar == tmp_path / "mobilevit_xxs_fp32.onnx.json"
+    assert result.labels.read_text().splitlines() == CLASSES
+    meta = json.loads(result.sidecar.read_text())
+    assert meta["format"] == "onnx" and meta["precision"] == "fp32" and meta["model"] == "mobilevit_xxs"
+    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3 and meta["labels_file"] == "labels.txt"
+    assert meta["input"] == {"name": "input", "layout": "NCHW", "shape": [1, 3, 256, 256], "dtype": "float32"}
+    assert meta["output"] == {"name": "logits", "shape": [1, 3], "dtype": "float32"}
+    expected = create_model("mobilevit_xxs", pretrained=assets["mobilevit_xxs"]).preprocessing
+    assert Preprocessing.from_dict({k: v for k, v in meta["preprocessing"].items() if k != "steps"}) == expected
+    assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
+    assert meta["converter"]["opset"] == 18
+    assert "exported onnx fp32 ->" in result.summary() and "MB" in result.summary()
+
+
+def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
+    result = export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], img_size=192, check_images=1,
+                          output=tmp_path / "m.onnx", opset=20)  # fmt: skip
+    meta = json.loads(result.sidecar.read_text())
+    assert meta["input"]["shape"] == [1, 3, 192, 192]
+    assert meta["preprocessing"]["input_size"] == 192 and meta["preprocessing"]["resize_size"] == 213
+    assert meta["converter"]["opset"] == 20
+
+
+def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = exporter_module.pytorch_logits
+    monkeypatch.setattr(exporter_module, "pytorch_logits", lambda model, images: real(model, images) + 1e-3)
+    with pytest.raises(ParityError, match=r"max \|Δ\| 1\.00e-03 \(≤ 1e-04 FAILED\)"):
+        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=tmp_path / "m.onnx")
+
+
+# -- bad requests: refused before any work, with one line -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "coreml"}, "unknown format 'coreml': choose one of onnx, tflite"),
+        ({"format": "onnx", "precision": "int8"}, "format=onnx does not support precision=int8.*format=tflite"),
+        (
+            {"format": "tflite", "precision": "int4"},
+            re.escape("does not support precision=int4: choose fp32|fp16|int8_dynamic|int8"),
+        ),
+        ({"format": "onnx", "opset": 17}, "opset must be between 18 and 23, got 17"),
+        ({"format": "onnx", "opset": "18"}, "opset must be an integer"),
+        ({"format": "onnx", "img_size": 100}, "img_size must be a multiple of 32"),
+        ({"format": "onnx", "img_size": True}, "img_size must be an integer"),
+        ({"format": "tflite", "dynamic_batch": True}, "dynamic_batch applies to format=onnx"),
+        ({"format": "onnx", "calib_images": 0}, "calib_images must be >= 1"),
+        ({"format": "onnx", "output": "model.tflite"}, r"must end in \.onnx"),
+        ({"format": "onnx", "data_root": "/no/such/folder"}, "data.root: no such folder"),
+        ({"format": "onnx"}, "nothing to export: pass checkpoint=PATH"),
+        ({"format": "onnx", "model": "xxx"}, "unknown model 'xxx': choose one of s, xs, xxs"),
+        ({"format": "onnx", "model": "xxs", "num_classes": 0}, "num_classes must be a positive integer"),
+        ({"format": "onnx", "model": "xxs", "pretrained": "/no/weights.pt"}, "pretrained weights not found"),
+        ({"format": "onnx", "checkpoint": "/no/such/best.pt"}, "checkpoint not found: /no/such/best.pt"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter_module, "load_model", _no_work)
+    with pytest.raises(ExportError, match=message):
+        export_model(**kwargs)
+
+
+def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = assets["mobilevit_xxs"]
+    with pytest.raises(ExportError, match=r"holds a mobilevit_xxs checkpoint, not mobilevit_xs"):
+        export_model(format="onnx", checkpoint=ckpt, model="xs")
+    with pytest.raises(ExportError, match=r"num_classes=7 does not match the checkpoint's 3 classes"):
+        export_model(format="onnx", checkpoint=ckpt, num_classes=7)
+    with pytest.raises(ExportError, match=r"either checkpoint=PATH or pretrained=PATH"):
+        export_model(format="onnx", checkpoint=ckpt, pretrained=ckpt)
+    with pytest.raises(ExportError, match=r"is a folder"):
+        export_model(format="onnx", checkpoint=tmp_path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match=r"cannot read checkpoint .*garbage\.pt"):
+        export_model(format="onnx", checkpoint=garbage)
+    plain = tmp_path / "state_dict.pt"
+    torch.save(create_model("mobilevit_xxs").state_dict(), plain)
+    with pytest.raises(ExportError, match=r"not a mobilevit-torch training checkpoint.*pretrained="):
+        export_model(format="onnx", checkpoint=plain)
+
+    # A checkpoint whose weights do not fit the model it names: an XS state dict labelled XXS.
+    payload = torch.load(assets["mobilevit_xs"], weights_only=True)
+    payload["model_name"] = "mobilevit_xxs"
+    wrong = save_checkpoint(tmp_path / "wrong.pt", payload)
+    with pytest.raises(ExportError, match=r"does not match mobilevit_xxs; it looks like a mobilevit_xs checkpoint"):
+        export_model(format="onnx", checkpoint=wrong, output=tmp_path / "never.onnx")
+    assert not (tmp_path / "never.onnx").exists()
+
+
+def test_int8_needs_real_images(assets: dict[str, Path]) -> None:
+    with pytest.raises(ExportError, match=r"precision=int8 is calibrated on real images: pass data.root=PATH"):
+        export_model(format="tflite", precision="int8", checkpoint=assets["mobilevit_xxs"])
+
+
+def test_missing_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx2tf" else find_spec(name))
+    with pytest.raises(ExportError) as error:
+        export_model(format="tflite", model="xxs")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("format=tflite needs ") and "onnx2tf" in message.split(", not installed")[0]
+    assert 'not installed: pip install "mobilevit-torch[export]"' in message
+    assert "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0" in message
+
+
+def _no_work(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model was loaded although the arguments are invalid")
+
+
+# -- pieces -------------------------------------------------------------------------------------------
+
+
+def test_images_are_split_and_balanced(assets: dict[str, Path]) -> None:
+    picked = pick_images(assets["folder"], calib_images=6, check_images=3)
+    assert picked.class_names == CLASSES
+    assert sorted(s.label for s in picked.check) == [0, 1, 2]  # one held-out photo per class
+    assert [s.label for s in picked.calibration] == [0, 1, 2, 0, 1, 2]
+    assert not {s.path for s in picked.check} & {s.path for s in picked.calibration}
+    assert balanced(picked.calibration, 100, seed=0) != [] and len(balanced(picked.calibration, 4, seed=0)) == 4
+
+
+def test_compare_tolerances() -> None:
+    reference = np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]], dtype=np.float32)
+    assert compare(reference, reference + 5e-5, precision="fp32", real_images=True).passed
+    assert not compare(reference, reference + 2e-4, precision="fp32", real_images=True).passed
+    assert compare(reference, reference + 5e-3, precision="fp16", real_images=True).passed
+    swapped = reference.copy()
+    swapped[0] = [2.0, 1.0, 0.0]
+    int8 = compare(reference, swapped, precision="int8", real_images=True)
+    assert int8.passed and int8.top1_agreement == 0.5 and not int8.meets_aim  # reported, not failed
+
+
+def test_onnx2tf_sample_shape() -> None:
+    sample = onnx2tf_sample(torch.rand(3, 3, 256, 256))
+    assert sample.shape == (20, 128, 128, 3) and sample.dtype == np.float32
+    assert np.array_equal(sample[0], sample[3])  # 3 images repeated to fill 20
+
+
+def test_offline_guard_blocks_network(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(OFFLINE_GUARD)
+    code = (
+        "import socket\n"
+        "for call in (lambda: socket.create_connection(('192.0.2.1', 80), timeout=1),\n"
+        "             lambda: socket.getaddrinfo('example.com', 443),\n"
+        "             lambda: socket.socket(socket.AF_INET6).connect(('::1', 9))):\n"
+        "    try:\n        call()\n    except OSError as e:\n        assert 'network access is disabled' in str(e), e\n"
+        "    else:\n        raise SystemExit('connected')\n"
+        "a, b = socket.socketpair(); a.sendall(b'ok'); assert b.recv(2) == b'ok'\n"  # local IPC still works
+        "print('blocked')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "blocked"
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "export.py", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["formt=onnx"], "error: unknown option 'formt' (did you mean 'format'?)"),
+        (["data.rot=x"], "error: unknown option 'data.rot' (did you mean 'data.root'?)"),
+        (["model=xxx"], "error: unknown model 'xxx': choose model=s|xs|xxs"),
+        (["format=onnx", "precision=int8", "model=xxs"], "error: format=onnx does not support precision=int8"),
+        (["format=onnx", "checkpoint=/no/such.pt"], "error: checkpoint not found: /no/such.pt"),
+        (["format=onnx", "model=xxs", "opset=abc"], "error: opset must be an integer, got 'abc'"),
+    ],
+)
+def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = _cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith(message), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli" / "m.onnx"
+    done = _cli("format=onnx", f"checkpoint={assets['mobilevit_xxs']}", f"output={out}", "check_images=2",
+                f"data.root={assets['folder']}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exported onnx fp32 -> {out} (")
+    assert "top-1 agreement 100.0% on 2 real images" in done.stdout
+    assert out.is_file() and (out.parent / "labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
+
+
+def test_config_keys_cover_the_issue() -> None:
+    sys.path.insert(0, str(REPO))
+    import export
+
+    keys = export.config_keys()
+    for key in ("format", "checkpoint", "model", "pretrained", "num_classes", "output", "precision", "opset",
+                "img_size", "dynamic_batch", "data.root", "calib_images"):  # fmt: skip
+        assert key in keys
+
+
+def test_empty_data_folder(assets: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(ExportError, match=r"data.root: no images found"):
+        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], data_root=tmp_path / "empty")

@@ -1,0 +1,110 @@
+"""TFLite through onnx2tf, checked with the LiteRT interpreter. Slow (onnx2tf takes about a minute per
+model on two CPU cores), so marked ``tflite``: ``pytest -m tflite`` runs only these, ``-m "not tflite"``
+skips them. They skip when the toolchain (scripts/install_export_deps.sh) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilevit_torch.export import export_model, open_runner
+from mobilevit_torch.export.images import load_images, pick_images
+from mobilevit_torch.export.runtime import builtin_operators
+from mobilevit_torch.export.to_onnx import export_onnx
+from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, onnx2tf_sample
+from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
+from tests.conftest import randomize_norms
+from tests.test_export import CLASSES, make_checkpoint, make_folder
+
+for module in ("onnx2tf", "tensorflow", "tf_keras", "ai_edge_litert", "onnxsim", "onnx_graphsurgeon", "sng4onnx"):
+    pytest.importorskip(module, reason="the TFLite toolchain is not installed (scripts/install_export_deps.sh)")
+
+pytestmark = pytest.mark.tflite
+
+# A MobileViT with every kind of block but one of each, so onnx2tf takes seconds, not a minute.
+TINY = MobileViTConfig(
+    stem_chs=8,
+    expand_ratio=2.0,
+    stages=(
+        StageSpec(8, 1, 1),
+        StageSpec(16, 1, 2),
+        StageSpec(16, 1, 2, transformer_dim=16, ffn_dim=32, num_layers=1),
+        StageSpec(24, 1, 2, transformer_dim=24, ffn_dim=48, num_layers=1),
+        StageSpec(32, 1, 2, transformer_dim=32, ffn_dim=64, num_layers=1),
+    ),
+    final_chs=64,
+)
+
+
+def test_tflite_fp32_xxs_matches_pytorch(tmp_path: Path) -> None:
+    """The issue's CI conversion: a full XXS, fp32, LiteRT against PyTorch on real (generated) photos."""
+    folder = make_folder(tmp_path / "photos")
+    checkpoint = make_checkpoint(tmp_path / "xxs.pt")
+    result = export_model(
+        format="tflite", checkpoint=checkpoint, data_root=folder, check_images=3, output=tmp_path / "out" / "m.tflite"
+    )
+    assert result.parity.real_images and result.parity.max_abs_diff <= 1e-4
+    assert result.parity.top1_agreement == 1.0
+
+    meta = json.loads(result.sidecar.read_text())
+    assert meta["input"]["name"] == "input" and meta["output"]["name"] == "logits"
+    assert meta["input"]["layout"] == "NHWC" and meta["input"]["shape"] == [1, 256, 256, 3]
+    assert meta["input"]["dtype"] == "float32" and meta["output"]["shape"] == [1, 3]
+    assert meta["class_names"] == CLASSES and result.labels.read_text().splitlines() == CLASSES
+    ops = meta["converter"]["tflite_ops"]
+    assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= set(ops)
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    assert meta["converter"]["onnx2tf"] == "1.29.24"
+
+    # The app's view: NHWC in, logits out, against PyTorch's NCHW on another input.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mobilevit_torch import create_model
+
+    model = create_model("mobilevit_xxs", pretrained=checkpoint).eval()
+    x = torch.rand(1, 3, 256, 256)
+    interpreter = Interpreter(model_path=str(result.path))
+    run = interpreter.get_signature_runner("serving_default")
+    got = run(input=x.permute(0, 2, 3, 1).numpy())["logits"]  # [1, 3, H, W] -> [1, H, W, 3]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-4
+
+
+def test_tflite_quantized_tiny(tmp_path: Path) -> None:
+    """fp16, dynamic-range int8 and full-integer int8 of a tiny MobileViT from one onnx2tf run."""
+    folder = make_folder(tmp_path / "photos", per_class=8)
+    model = randomize_norms(MobileViT(TINY, num_classes=3)).eval()
+    pre = model.preprocessing.with_input_size(64)
+    picked = pick_images(folder, calib_images=12, check_images=6)
+    calibration, _ = load_images(picked.calibration, pre)
+    check, _ = load_images(picked.check, pre)
+    onnx_path = export_onnx(model, tmp_path / "tiny.onnx", img_size=64)
+    outputs = {p: tmp_path / f"tiny_{p}.tflite" for p in ("fp16", "int8_dynamic", "int8")}
+    info = convert_onnx_to_tflite(
+        onnx_path,
+        outputs,
+        sample=onnx2tf_sample(check),
+        calibration=calibration.permute(0, 2, 3, 1).numpy(),  # [N, 3, S, S] -> [N, S, S, 3]
+    )
+    assert set(info["tflite_seconds"]) == set(outputs)
+
+    with torch.no_grad():
+        reference = model(check).numpy()
+    sizes = {p: f.stat().st_size for p, f in outputs.items()}
+    assert sizes["int8"] < sizes["fp16"] and sizes["int8_dynamic"] < sizes["fp16"]
+    for precision, file in outputs.items():
+        builtin_operators(file)  # raises on a Flex or custom op
+        runner = open_runner(file)
+        logits = runner(check.numpy())
+        assert logits.shape == reference.shape and np.isfinite(logits).all()
+        if precision == "fp16":
+            assert np.abs(logits - reference).max() <= 1e-2
+    full = open_runner(outputs["int8"]).describe()
+    assert full["input"]["dtype"] == "int8" and full["output"]["dtype"] == "int8"
+    assert set(full["input"]["quantization"]) == {"scale", "zero_point", "real_value"}
+    assert open_runner(outputs["int8_dynamic"]).describe()["input"]["dtype"] == "float32"
