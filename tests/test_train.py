@@ -141,3 +141,12 @@ def test_keras_recipe_and_multiscale_run(folder: Path, tmp_path: Path) -> None:
     assert train(tiny_config(tmp_path, folder, **keras), tmp_path / "keras")["epochs"] == 1
     multiscale = {"data.multiscale": True, "data.multiscale_sizes": [32, 64, 96], "epochs": 1, "plots": False}
     assert train(tiny_config(tmp_path, folder, **multiscale), tmp_path / "ms")["epochs"] == 1
+
+
+def test_gradient_accumulation_matches_one_big_batch(folder: Path, tmp_path: Path) -> None:
+    """accum_steps=2 over batches of 4 makes one optimizer update per two batches: as many as batches of 8."""
+    options = {"epochs": 1, "plots": False, "tensorboard": False, "recipe.mixup": 0.0, "recipe.ema_decay": 0.0}
+    train(tiny_config(tmp_path, folder, **{**options, "data.batch_size": 4, "recipe.accum_steps": 2}), tmp_path / "a")
+    steps = load_checkpoint(tmp_path / "a" / "last.pt")["optimizer"]["state"][0]["step"]
+    train(tiny_config(tmp_path, folder, **{**options, "data.batch_size": 8}), tmp_path / "b")
+    assert steps == load_checkpoint(tmp_path / "b" / "last.pt")["optimizer"]["state"][0]["step"]

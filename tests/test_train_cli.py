@@ -172,3 +172,14 @@ def test_real_flowers_subset_loss_falls(flowers_root: Path, tmp_path: Path) -> N
     train(config, tmp_path / "run")
     losses = [json.loads(x)["train_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0], losses
+
+
+def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, folder, epochs=1, plots=False, tensorboard=False, max_steps_per_epoch=1)
+    overrides = [o for o in as_overrides(config) if not o.startswith("model.name=")]
+    result = subprocess.run([sys.executable, "train.py", "-m", "model=xxs,xs", *overrides,
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env=ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = sorted(load_checkpoint(p)["model_name"] for p in (tmp_path / "sweep").glob("*/last.pt"))
+    assert names == ["mobilevit_xs", "mobilevit_xxs"]

@@ -185,7 +185,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     accum = config.recipe.accum_steps
-    updates_per_epoch = max(1, steps_per_epoch // accum)
+    if steps_per_epoch < accum:
+        raise ConfigError(f"recipe.accum_steps={accum} is more than the {steps_per_epoch} steps of an epoch")
+    steps_per_epoch -= steps_per_epoch % accum  # whole accumulation groups: one update per `accum` batches
+    updates_per_epoch = steps_per_epoch // accum
     total_updates = config.epochs * updates_per_epoch
     warmup_updates = round(config.recipe.warmup_epochs * updates_per_epoch)
     optimizer = build_optimizer(model, config, device)
@@ -272,7 +275,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 elif mixup is not None:
                     smoothing = config.recipe.label_smoothing  # the same smoothed soft targets mixup makes
                     targets = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
-                sync = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
+                sync = (step + 1) % accum == 0
                 no_sync = train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
                 with no_sync, autocast:
                     logits = train_model(x)
