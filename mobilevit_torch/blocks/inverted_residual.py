@@ -35,4 +35,6 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.depthwise(self.expand(x)))
-        return x + out if self.use_residual else out
+        # In place: ``out`` is a fresh tensor that no backward needs (BatchNorm and convolution save
+        # their inputs, not outputs), so this skips allocating a third full-size map.
+        return out.add_(x) if self.use_residual else out

@@ -27,12 +27,30 @@ def unfold_patches(x: Tensor, patch_h: int, patch_w: int) -> Tensor:
     return x.reshape(batch * patch_h * patch_w, rows * cols, chs)
 
 
-def fold_patches(x: Tensor, batch: int, height: int, width: int, patch_h: int, patch_w: int) -> Tensor:
-    """Inverse of :func:`unfold_patches` (Fig. 1b, "Fold"): ``[B*P, N, C] -> [B, C, H, W]``."""
+def fold_patches(
+    x: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    patch_h: int,
+    patch_w: int,
+    *,
+    channels_last: bool = False,
+) -> Tensor:
+    """Inverse of :func:`unfold_patches` (Fig. 1b, "Fold"): ``[B*P, N, C] -> [B, C, H, W]``.
+
+    With ``channels_last`` the one copy writes channels-last memory, so a channels-last network
+    does not pay a second copy to convert the folded map back.
+    """
     chs = x.shape[-1]
     rows, cols = height // patch_h, width // patch_w
     # [B*P, N, C] -> [B, patch_h, patch_w, rows, cols, C]
     x = x.reshape(batch, patch_h, patch_w, rows, cols, chs)
+    if channels_last:
+        # [B, patch_h, patch_w, rows, cols, C] -> [B, rows, patch_h, cols, patch_w, C] -> [B, H, W, C]
+        x = x.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, chs)
+        # [B, H, W, C] -> [B, C, H, W], a view with channels-last strides
+        return x.permute(0, 3, 1, 2)
     # [B, patch_h, patch_w, rows, cols, C] -> [B, C, rows, patch_h, cols, patch_w]
     x = x.permute(0, 5, 3, 1, 4, 2)
     # [B, C, rows, patch_h, cols, patch_w] -> [B, C, H, W]
@@ -87,21 +105,36 @@ class MobileViTBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
-        y = self.conv_in(self.conv_local(x))
-
+        y = self.conv_local(x)
         batch, _, height, width = y.shape
+        if height % self.patch_h or width % self.patch_w:
+            return self.conv_fusion(torch.cat((shortcut, self._global_resized(y)), dim=1))
+
+        # conv_in and conv_out are 1x1 (pointwise) and BatchNorm/SiLU per channel, so they commute with
+        # unfold/fold: both permutation copies move the C-channel map instead of the wider d-channel
+        # one, and the projections run as plain matmuls on the tokens. Same weights, same results.
+        channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        patches = unfold_patches(y, self.patch_h, self.patch_w)  # [B*P, N, C]
+        # conv_in's weight [d, C, 1, 1] -> [d, C]: [B*P, N, C] -> [B*P, N, d]
+        patches = F.linear(patches, self.conv_in.weight.flatten(1), self.conv_in.bias)
+        patches = self.norm(self.transformer(patches))
+        # conv_out's weight [C, d, 1, 1] -> [C, d]: [B*P, N, d] -> [B*P, N, C]
+        conv_out = self.conv_out
+        patches = F.linear(patches, conv_out.conv.weight.flatten(1), conv_out.conv.bias)
+        y = fold_patches(patches, batch, height, width, self.patch_h, self.patch_w, channels_last=channels_last)
+        y = conv_out.norm_act(y)  # [B, C, H, W]
+        return self.conv_fusion(torch.cat((shortcut, y), dim=1))
+
+    def _global_resized(self, y: Tensor) -> Tensor:
+        """The reference path for maps that are not whole patches: resize up, unfold, transform, fold, resize back."""
+        batch, _, height, width = y.shape
+        y = self.conv_in(y)
         # Round up to whole patches; shapes are static per input size, so this traces/exports cleanly.
         new_h = -(-height // self.patch_h) * self.patch_h
         new_w = -(-width // self.patch_w) * self.patch_w
-        resized = new_h != height or new_w != width
-        if resized:
-            y = F.interpolate(y, size=(new_h, new_w), mode="bilinear", align_corners=False)
-
+        y = F.interpolate(y, size=(new_h, new_w), mode="bilinear", align_corners=False)
         patches = unfold_patches(y, self.patch_h, self.patch_w)  # [B*P, N, d]
         patches = self.norm(self.transformer(patches))
         y = fold_patches(patches, batch, new_h, new_w, self.patch_h, self.patch_w)  # [B, d, H', W']
-
-        if resized:
-            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
-        y = self.conv_out(y)
-        return self.conv_fusion(torch.cat((shortcut, y), dim=1))
+        y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
+        return self.conv_out(y)

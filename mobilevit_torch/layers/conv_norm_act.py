@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -11,6 +13,9 @@ class ConvNormAct(nn.Module):
     Every convolution in MobileViT (arXiv 2110.02178, Section 3 and Fig. 1b) except the 1x1
     projection into the transformer width uses this pattern. ``padding`` is ``kernel_size // 2``
     so stride 1 keeps the spatial size and stride 2 halves it (rounding up), as in the reference.
+
+    :meth:`fuse_norm` turns the unit into its inference form (BatchNorm folded into a biased
+    convolution); training and checkpoints always use the unfused ``conv.weight``/``bn.*`` names.
     """
 
     def __init__(
@@ -33,8 +38,56 @@ class ConvNormAct(nn.Module):
             groups=groups,
             bias=False,
         )
-        self.bn = nn.BatchNorm2d(out_chs)
+        self.bn: nn.Module = nn.BatchNorm2d(out_chs)
         self.act = nn.SiLU() if apply_act else nn.Identity()
 
+    @property
+    def is_fused(self) -> bool:
+        return isinstance(self.bn, nn.Identity)
+
+    @torch.no_grad()
+    def fuse_norm(self) -> None:
+        """Fold BatchNorm's running statistics and affine into the convolution (inference only).
+
+        ``bn(conv(x)) = s * (W x) + (beta - s * mean)`` with ``s = gamma / sqrt(var + eps)``, so the
+        convolution gets weight ``s * W`` and a bias, and BatchNorm becomes the identity. Computed in
+        float64 so the folded model matches the unfused one to float32 rounding.
+        """
+        if self.is_fused:
+            return
+        bn = self.bn
+        assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+        weight = self.conv.weight
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+        fused = nn.Conv2d(
+            self.conv.in_channels,
+            self.conv.out_channels,
+            self.conv.kernel_size,
+            stride=self.conv.stride,
+            padding=self.conv.padding,
+            groups=self.conv.groups,
+            bias=True,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        # [out] -> [out, 1, 1, 1]: one scale per output channel
+        fused.weight.copy_(weight.double() * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_(bias)
+        if weight.is_contiguous(memory_format=torch.channels_last):
+            fused.to(memory_format=torch.channels_last)
+        self.conv = fused
+        self.bn = nn.Identity()
+
+    def norm_act(self, x: Tensor) -> Tensor:
+        """BatchNorm and activation of a convolution output (for callers that run the convolution)."""
+        x = self.bn(x)
+        if isinstance(self.act, nn.SiLU) and not torch.is_grad_enabled():
+            # No autograd graph, so nothing else holds the normalised map: activate it in place and
+            # skip allocating (on the CPU, page-faulting in) another one. With autograd on, in place
+            # would make autograd clone the input instead.
+            return F.silu(x, inplace=True)
+        return self.act(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.norm_act(self.conv(x))

@@ -1,0 +1,653 @@
+"""Side-by-side speed of this package's MobileViT, timm's and transformers' (same variant, same settings).
+
+One run measures, for every implementation x mode:
+
+  train    img/s of one full training step (forward, cross-entropy, backward, AdamW step), batch ``--batch``
+  infer    img/s of ``torch.inference_mode`` forward passes, batch ``--batch``
+  latency  ms per batch-1 inference (CPU only: on a GPU batch 1 measures launch overhead, not the model)
+
+and, on CUDA, the peak memory of each (weights, gradients, optimizer state, input and activations).
+Modes combine ``fp32``/``bf16`` (autocast), ``cl`` (channels_last input and weights) and
+``compile`` / ``compile:<mode>`` (``torch.compile``, e.g. ``compile:max-autotune`` for CUDA graphs plus
+autotuning). ``ours-fused`` is this package's model after ``fuse_for_inference`` (BatchNorm folded,
+channels-last weights): it has no training row. ``ours-ref`` (not run unless asked for) is ours with
+the MobileViT block computed as Fig. 1b draws it, to measure the block's fast path. The table's
+``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
+implementation (``--dropout default`` keeps each library's own), so all three do the same work.
+
+    python benchmarks/bench_models.py --device cpu --quick --json cpu.json    # CPU, 2-4 minutes
+    python benchmarks/bench_models.py --device cuda --json gpu.json           # GPU; NOTES.md has the H100 command
+
+Timing: random data already on the device; warm-up iterations (which include compilation) then
+``repeats`` timed blocks of ``iters`` iterations, reported as the median block. CUDA blocks are timed
+with CUDA events and one synchronize per block; the loop itself never syncs with the host. On the CPU
+the implementations are interleaved block by block, so load from other processes hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
+
+import mobilevit_torch as mvt  # noqa: E402
+from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches  # noqa: E402
+from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
+
+IMPLS = ("ours", "ours-ref", "ours-fused", "timm", "hf")
+DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
+TRAINABLE = ("ours", "ours-ref", "timm", "hf")
+SHIPPED = ("ours", "ours-fused")  # what the package offers; ours-ref is only the A/B baseline
+PHASES = ("train", "infer", "latency")
+# transformers' MobileViTConfig for each variant (the sizes its ml-cvnets conversion script uses).
+HF_CONFIGS: dict[str, dict[str, Any]] = {
+    "xxs": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0),
+    "xs": dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
+    "s": dict(hidden_sizes=[144, 192, 240], neck_hidden_sizes=[16, 32, 64, 96, 128, 160, 640]),
+}
+DEFAULT_MODES = {"cuda": "fp32,bf16,bf16+cl,bf16+cl+compile", "cpu": "fp32,fp32+cl"}
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    bf16: bool
+    channels_last: bool
+    compile_mode: str | None  # None: eager
+
+
+def parse_mode(text: str, default_compile_mode: str) -> Mode:
+    """``fp32``/``bf16`` [``+cl``] [``+compile`` | ``+compile:<torch.compile mode>``]."""
+    tokens = text.strip().split("+")
+    if tokens[0] not in ("fp32", "bf16"):
+        raise ValueError(f"mode {text!r} must start with fp32 or bf16")
+    compile_mode, channels_last = None, False
+    for token in tokens[1:]:
+        if token == "cl":
+            channels_last = True
+        elif token == "compile" or token.startswith("compile:"):
+            compile_mode = token.partition(":")[2] or default_compile_mode
+        else:
+            raise ValueError(f"unknown mode token {token!r} in {text!r} (expected cl, compile, compile:<mode>)")
+    return Mode(text.strip(), tokens[0] == "bf16", channels_last, compile_mode)
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: int
+    iters: int
+    repeats: int
+
+
+def plans(device: str, quick: bool) -> dict[str, Plan]:
+    if device == "cuda":
+        if quick:
+            return {"train": Plan(5, 5, 3), "infer": Plan(5, 10, 3), "latency": Plan(5, 20, 3)}
+        return {"train": Plan(10, 10, 5), "infer": Plan(10, 20, 5), "latency": Plan(10, 50, 5)}
+    if quick:
+        return {"train": Plan(1, 1, 2), "infer": Plan(1, 1, 3), "latency": Plan(3, 3, 7)}
+    return {"train": Plan(2, 1, 5), "infer": Plan(2, 2, 5), "latency": Plan(5, 5, 11)}
+
+
+# ---- the implementations -----------------------------------------------------------------------
+
+
+class LogitsOnly(nn.Module):
+    """transformers' models return an output object; the benchmark wants the logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def reference_block_forward(self: MobileViTBlock, x: Tensor) -> Tensor:
+    """The MobileViT block as Fig. 1b draws it (conv_in before unfold, conv_out after fold), to measure
+    the block's fast path (projections on the tokens, permutes of the narrower map) against."""
+    y = self.conv_in(self.conv_local(x))
+    batch, _, height, width = y.shape
+    if height % self.patch_h or width % self.patch_w:
+        return MobileViTBlock.forward(self, x)
+    patches = self.norm(self.transformer(unfold_patches(y, self.patch_h, self.patch_w)))  # [B*P, N, d]
+    y = self.conv_out(fold_patches(patches, batch, height, width, self.patch_h, self.patch_w))  # [B, C, H, W]
+    return self.conv_fusion(torch.cat((x, y), dim=1))
+
+
+def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
+    """A freshly initialised 1000-class model; ``dropout=False`` turns off every dropout in all three.
+
+    The libraries' defaults differ (ml-cvnets' 0.05 transformer / 0.1 head dropout here, none in
+    timm, 0.1 everywhere in transformers), and dropout is real work, so by default none of them
+    does any: the comparison is of the same network.
+    """
+    off = {} if dropout else {"drop_rate": 0.0, "dropout": 0.0}
+    if impl == "ours":
+        return mvt.create_model(f"mobilevit_{variant}", **off)
+    if impl == "ours-ref":
+        model = mvt.create_model(f"mobilevit_{variant}", **off)
+        for module in model.modules():
+            if isinstance(module, MobileViTBlock):
+                module.forward = types.MethodType(reference_block_forward, module)
+        return model
+    if impl == "ours-fused":
+        return fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
+    if impl == "timm":
+        import timm
+
+        return timm.create_model(f"mobilevit_{variant}", **({} if dropout else {"drop_rate": 0.0}))
+    if impl == "hf":
+        import transformers
+
+        hf_off = (
+            {}
+            if dropout
+            else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout_prob": 0.0}
+        )
+        config = transformers.MobileViTConfig(num_labels=1000, **HF_CONFIGS[variant], **hf_off)
+        return LogitsOnly(transformers.MobileViTForImageClassification(config))
+    raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
+
+
+@dataclass
+class Case:
+    """One implementation x mode x phase: a step function with everything it needs already built."""
+
+    device: str
+    impl: str
+    mode: Mode
+    phase: str
+    batch: int
+    status: str = "ok"
+    step: Callable[[], None] | None = None
+    warmup_s: float | None = None
+    peak_mib: float | None = None
+    samples_s: list[float] = field(default_factory=list)  # seconds per iteration, one per timed block
+    mem_base: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.impl} {self.mode.name} {self.phase} b{self.batch}"
+
+
+def build_step(case: Case, args: argparse.Namespace) -> Callable[[], None]:
+    device, mode = torch.device(case.device), case.mode
+    # Only a "cl" mode converts: otherwise each model keeps the layout it chose for itself.
+    model = build_model(case.impl, args.variant, args.dropout == "default").to(device)
+    x = torch.randn(case.batch, 3, args.img_size, args.img_size, device=device)
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (case.batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.bf16)
+    cudagraph_step = mode.compile_mode is not None and device.type == "cuda"
+
+    if case.phase == "train":
+        model.train()
+        forward = torch.compile(model, mode=mode.compile_mode) if mode.compile_mode else model
+        # train.py's optimizer: AdamW, fused kernels on CUDA.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=device.type == "cuda")
+
+        def step() -> None:
+            if cudagraph_step:  # a new iteration: CUDA-graph outputs of the last one may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast:
+                loss = F.cross_entropy(forward(x).float(), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    model.eval()
+    forward = torch.compile(model, mode=mode.compile_mode) if mode.compile_mode else model
+
+    def infer() -> None:
+        if cudagraph_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.inference_mode(), autocast:
+            forward(x)
+
+    return infer
+
+
+def time_block(step: Callable[[], None], iters: int, device: str, clock: Callable[[], float]) -> float:
+    """Seconds per iteration over one block of ``iters`` back-to-back iterations."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            step()
+        end.record()
+        end.synchronize()  # the block's only host sync
+        return start.elapsed_time(end) / 1e3 / iters
+    begin = clock()
+    for _ in range(iters):
+        step()
+    return (clock() - begin) / iters
+
+
+def failure(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    return f"failed: {type(error).__name__}: {message[:300]}"
+
+
+def prepare(case: Case, args: argparse.Namespace, plan: Plan) -> None:
+    """Build and warm up (compiling, autotuning, capturing graphs); record peak memory on CUDA."""
+    cuda = case.device == "cuda"
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            case.mem_base = torch.cuda.memory_allocated()
+        begin = time.perf_counter()
+        case.step = build_step(case, args)
+        for _ in range(plan.warmup):
+            case.step()
+        if cuda:
+            torch.cuda.synchronize()
+        case.warmup_s = time.perf_counter() - begin
+        if cuda:  # one more step from a clean peak: compile-time autotuning buffers do not count
+            torch.cuda.reset_peak_memory_stats()
+            case.step()
+            torch.cuda.synchronize()
+            case.peak_mib = (torch.cuda.max_memory_allocated() - case.mem_base) / 2**20
+    except Exception as error:  # a failing implementation or compile mode is recorded, not fatal
+        case.status, case.step = failure(error), None
+        print(f"  {case.label}: {case.status}", flush=True)
+
+
+def release(cases: list[Case]) -> None:
+    for case in cases:
+        case.step = None
+    gc.collect()
+    if any(case.mode.compile_mode for case in cases):
+        torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_group(cases: list[Case], args: argparse.Namespace, plan: Plan, deadline: float) -> None:
+    """Interleave the implementations block by block on the CPU; run them one after another on CUDA.
+
+    On a shared CPU, interleaving makes the ours/timm ratio robust to load that comes and goes. A
+    GPU is not shared, and one implementation at a time keeps CUDA-graph memory pools apart.
+    """
+    interleave = cases[0].device == "cpu"
+    clock = time.process_time if args.cpu_clock == "process" else time.perf_counter
+    groups = [cases] if interleave else [[case] for case in cases]
+    for group in groups:
+        for case in group:
+            if time.perf_counter() > deadline:
+                case.status = "skipped: --time-budget reached"
+                continue
+            prepare(case, args, plan)
+        try:
+            for repeat in range(plan.repeats):
+                # Rotate the order each round so no implementation always runs right after another.
+                for case in group[repeat % len(group) :] + group[: repeat % len(group)]:
+                    if case.step is None:
+                        continue
+                    try:
+                        case.samples_s.append(time_block(case.step, plan.iters, case.device, clock))
+                    except Exception as error:
+                        case.status, case.step = failure(error), None
+        finally:
+            release(group)
+        for case in group:
+            if case.samples_s:
+                print(f"  {case.label}: {describe(case)}", flush=True)
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+def value(case: Case) -> float | None:
+    """img/s for train/infer, ms for latency (medians of the timed blocks)."""
+    if not case.samples_s:
+        return None
+    median = statistics.median(case.samples_s)
+    return median * 1e3 if case.phase == "latency" else case.batch / median
+
+
+def describe(case: Case) -> str:
+    v = value(case)
+    unit = "ms" if case.phase == "latency" else "img/s"
+    text = f"{v:,.1f} {unit}" if v is not None else case.status
+    if case.warmup_s is not None:
+        text += f" (warm-up {case.warmup_s:.1f} s)"
+    return text
+
+
+def ratio(case: Case, cases: list[Case]) -> float | None:
+    """ours / timm in the same device, mode and phase: throughput ratio, or latency ratio (lower is better)."""
+    ref = next(
+        (c for c in cases if (c.device, c.mode, c.phase, c.impl) == (case.device, case.mode, case.phase, "timm")), None
+    )
+    ours, theirs = value(case), value(ref) if ref is not None else None
+    if ours is None or theirs is None or case.impl == "timm":
+        return None
+    return ours / theirs
+
+
+def markdown_table(cases: list[Case], device: str) -> str:
+    rows = [c for c in cases if c.device == device]
+    phases = [p for p in PHASES if any(c.phase == p for c in rows)]
+    header = ["impl", "mode"]
+    for phase in phases:
+        batch = next(c.batch for c in rows if c.phase == phase)
+        if phase == "latency":
+            header += [f"latency b{batch} ms", "/ timm"]
+        else:
+            header += [f"{phase} b{batch} img/s", "x timm"]
+    if device == "cuda":
+        header += [f"{p} peak MiB" for p in phases]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = list(dict.fromkeys((c.mode.name, c.impl) for c in rows))
+    for mode_name, impl in keys:
+        cells = [impl, mode_name]
+        mine = {c.phase: c for c in rows if (c.mode.name, c.impl) == (mode_name, impl)}
+        for phase in phases:
+            case = mine.get(phase)
+            v = value(case) if case else None
+            r = ratio(case, rows) if case else None
+            if case is None:
+                cells += ["—", ""]
+            elif v is None:
+                cells += [case.status.split(":")[0], ""]
+            else:
+                cells += [f"{v:,.1f}", f"{r:.2f}" if r is not None else ""]
+        if device == "cuda":
+            cells += [f"{mine[p].peak_mib:,.0f}" if p in mine and mine[p].peak_mib else "—" for p in phases]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(cases: list[Case], train_py_mode: str) -> list[str]:
+    """Best ours (any mode) against best timm, overall and among compiled timm modes; and the issue's
+    training target: ours with train.py's GPU defaults against timm's best compiled mode."""
+    lines = []
+    for case in cases:
+        if (case.device, case.phase, case.impl, case.mode.name) != ("cuda", "train", "ours", train_py_mode):
+            continue
+        compiled = [
+            c for c in cases if (c.device, c.phase, c.impl) == ("cuda", "train", "timm") and c.mode.compile_mode
+        ]
+        compiled = [c for c in compiled if value(c) is not None]
+        if value(case) is not None and compiled:
+            best = max(compiled, key=lambda c: value(c) or 0.0)
+            lines.append(
+                f"cuda train, train.py defaults [{train_py_mode}]: ours {value(case):,.1f} img/s / "
+                f"timm best compiled [{best.mode.name}] {value(best):,.1f} img/s = {value(case) / value(best):.2f}"  # type: ignore[operator]
+            )
+    pairs = []
+    for case in cases:
+        ref = next(
+            (
+                c
+                for c in cases
+                if c.impl == "ours-ref" and (c.device, c.mode, c.phase) == (case.device, case.mode, case.phase)
+            ),
+            None,
+        )
+        if case.impl == "ours" and ref is not None and value(case) and value(ref):
+            r = value(case) / value(ref)  # type: ignore[operator]
+            pairs.append(f"{case.device} {case.phase} [{case.mode.name}] {r:.3f}")
+    if pairs:
+        lines.append("block fast path, ours / ours-ref (latency: lower is better): " + ", ".join(pairs))
+    for device in dict.fromkeys(c.device for c in cases):
+        for phase in PHASES:
+            rows = [c for c in cases if c.device == device and c.phase == phase and value(c) is not None]
+            if not rows:
+                continue
+            better = min if phase == "latency" else max
+            for label, ours_pool, timm_pool in (
+                ("best vs best", [c for c in rows if c.impl in SHIPPED], [c for c in rows if c.impl == "timm"]),
+                (
+                    "eager vs eager",
+                    [c for c in rows if c.impl in SHIPPED and not c.mode.compile_mode],
+                    [c for c in rows if c.impl == "timm" and not c.mode.compile_mode],
+                ),
+                (
+                    "best vs timm compiled",
+                    [c for c in rows if c.impl in SHIPPED],
+                    [c for c in rows if c.impl == "timm" and c.mode.compile_mode],
+                ),
+            ):
+                if not ours_pool or not timm_pool:
+                    continue
+                ours = better(ours_pool, key=lambda c: value(c) or 0.0)
+                timm = better(timm_pool, key=lambda c: value(c) or 0.0)
+                r = value(ours) / value(timm)  # type: ignore[operator]
+                unit = "ms" if phase == "latency" else "img/s"
+                lines.append(
+                    f"{device} {phase} {label}: {ours.impl} [{ours.mode.name}] {value(ours):,.1f} {unit} / "
+                    f"timm [{timm.mode.name}] {value(timm):,.1f} {unit} = {r:.2f}"
+                )
+    return lines
+
+
+def sdpa_backends(device: str, head_dims: list[int], tokens: int, dtype: torch.dtype) -> dict[str, dict[str, str]]:
+    """Which scaled-dot-product-attention kernels accept MobileViT's head dims (forward and backward)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    candidates = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if device == "cuda" and hasattr(SDPBackend, "CUDNN_ATTENTION"):
+        candidates.insert(2, SDPBackend.CUDNN_ATTENTION)
+    report: dict[str, dict[str, str]] = {}
+    for head_dim in head_dims:
+        q, k, v = (torch.randn(4, 4, tokens, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in "qkv")
+        entry = {}
+        for backend in candidates:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    with sdpa_kernel([backend]):
+                        F.scaled_dot_product_attention(q, k, v).sum().backward()
+                    entry[backend.name] = "ok"
+                except Exception as error:  # the backend refuses these shapes/dtype; its warnings say why
+                    reasons = [" ".join(str(w.message).split()) for w in caught] or [" ".join(str(error).split())]
+                    entry[backend.name] = "no: " + " | ".join(reasons)[:300]
+        entry["default"] = default_sdpa_kernel(q, k, v)
+        report[str(head_dim)] = entry
+    return report
+
+
+def default_sdpa_kernel(q: Tensor, k: Tensor, v: Tensor) -> str:
+    """The attention kernels PyTorch actually runs for these inputs when left to choose (forward + backward)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if q.is_cuda else [])
+    try:
+        with profile(activities=activities) as prof:
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+            if q.is_cuda:
+                torch.cuda.synchronize()
+        names = {e.key for e in prof.key_averages()}
+    except Exception as error:  # e.g. no CUPTI: the report is optional
+        return failure(error)
+    names = {n for n in names if not n.startswith("autograd::") and not n.endswith("Backward0")}
+    picked = sorted(n for n in names if any(s in n.lower() for s in ("flash", "efficient", "cudnn", "fmha", "math")))
+    return ", ".join(picked) or ", ".join(sorted(n for n in names if "attention" in n.lower()))
+
+
+def machine(device: str, threads: int) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": device, "threads": threads, "platform": platform.platform()}
+    if device == "cuda":
+        info["name"] = torch.cuda.get_device_name()
+        info["cudnn.benchmark"] = torch.backends.cudnn.benchmark
+        info["cudnn.allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul.allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    else:
+        name = platform.processor() or "cpu"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        info["name"] = f"{name} ({os.cpu_count()} logical CPUs)"
+    return info
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "mobilevit_torch": mvt.__version__}
+    for name in ("timm", "transformers"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="xxs", choices=sorted(HF_CONFIGS))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cpu,cuda (auto: cuda when present)")
+    parser.add_argument("--impl", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, from {', '.join(IMPLS)}")
+    parser.add_argument("--modes", default=None, help=f"CUDA modes (default {DEFAULT_MODES['cuda']})")
+    parser.add_argument("--cpu-modes", default=None, help=f"CPU modes (default {DEFAULT_MODES['cpu']})")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode for a bare 'compile' token")
+    parser.add_argument("--compile-impls", default=None, help="implementations that get compiled modes (default all)")
+    parser.add_argument("--phases", default=None, help="train,infer,latency (default: train,infer on CUDA, all on CPU)")
+    parser.add_argument("--batch", type=int, default=256, help="CUDA batch size")
+    parser.add_argument("--cpu-batch", type=int, default=32, help="CPU batch size for train/infer (latency: 1)")
+    parser.add_argument("--img-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
+    parser.add_argument("--quick", action="store_true", help="fewer warm-up and timed iterations")
+    parser.add_argument(
+        "--cpu-clock",
+        default="wall",
+        choices=("wall", "process"),
+        help="CPU timer: wall clock, or this process's CPU time (steadier on a shared machine; use with --threads 1)",
+    )
+    parser.add_argument(
+        "--train-py-mode", default="bf16+cl", help="the mode matching train.py's GPU defaults (for the headline)"
+    )
+    parser.add_argument("--dropout", default="off", choices=("off", "default"), help="off: no dropout in any impl")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds; later cases are skipped after it")
+    parser.add_argument("--sdpa-report", action="store_true", help="probe which SDPA kernels take the head dims")
+    parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.device == "auto":
+        devices = ["cuda" if torch.cuda.is_available() else "cpu"]
+    else:
+        devices = [d.strip() for d in args.device.split(",")]
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    impls = [i.strip() for i in args.impl.split(",")]
+    for impl in impls:
+        if impl not in IMPLS:
+            raise SystemExit(f"unknown --impl {impl!r}; choose from {', '.join(IMPLS)}")
+    compile_impls = set(impls if args.compile_impls is None else args.compile_impls.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.backends.cudnn.benchmark = True  # as train.py: fixed shapes, let cuDNN pick its kernels
+    for name in ("cache_size_limit", "recompile_limit"):  # many compiled models of one class in one process
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+
+    start = time.perf_counter()
+    deadline = start + args.time_budget if args.time_budget else float("inf")
+    cases: list[Case] = []
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "versions": versions(),
+        "machines": {},
+        "sdpa": {},
+    }
+    for device in devices:
+        report["machines"][device] = machine(device, threads)
+        mode_text = (args.modes if device == "cuda" else args.cpu_modes) or DEFAULT_MODES[device]
+        modes = [parse_mode(m, args.compile_mode) for m in mode_text.split(",") if m.strip()]
+        default_phases = "train,infer" if device == "cuda" else "train,infer,latency"
+        phases = [p.strip() for p in (args.phases or default_phases).split(",")]
+        batch = args.batch if device == "cuda" else args.cpu_batch
+        print(f"== {device}: {report['machines'][device]['name']}, {threads} threads", flush=True)
+        for mode in modes:
+            for phase in phases:
+                group = [
+                    Case(device, impl, mode, phase, 1 if phase == "latency" else batch)
+                    for impl in impls
+                    if (phase != "train" or impl in TRAINABLE) and (mode.compile_mode is None or impl in compile_impls)
+                ]
+                print(f"-- {mode.name} {phase}", flush=True)
+                run_group(group, args, plans(device, args.quick)[phase], deadline)
+                cases.extend(group)
+        if args.sdpa_report:
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            report["sdpa"][device] = sdpa_backends(device, [16, 20, 24], tokens=256, dtype=dtype)
+    report["elapsed_s"] = round(time.perf_counter() - start, 1)
+
+    tables = []
+    for device in devices:
+        info = report["machines"][device]
+        title = f"### {device}: {info['name']}, {threads} threads, torch {torch.__version__}, {args.variant.upper()}"
+        tables.append(f"{title}, {args.img_size} px\n\n{markdown_table(cases, device)}")
+    text = "\n\n".join(tables) + "\n\n" + "\n".join(f"- {line}" for line in headline(cases, args.train_py_mode))
+    print("\n" + text + f"\n\n(total {report['elapsed_s']} s)")
+    if report["sdpa"]:
+        print("SDPA kernels accepting head dims 16/20/24:", json.dumps(report["sdpa"], indent=1))
+
+    report["results"] = [
+        {
+            "device": c.device,
+            "impl": c.impl,
+            "mode": c.mode.name,
+            "phase": c.phase,
+            "batch": c.batch,
+            "status": c.status,
+            "value": value(c),
+            "unit": "ms" if c.phase == "latency" else "img/s",
+            "ratio_vs_timm": ratio(c, cases),
+            "samples_s": c.samples_s,
+            "min_s": min(c.samples_s) if c.samples_s else None,
+            "warmup_s": c.warmup_s,
+            "peak_mib": c.peak_mib,
+        }
+        for c in cases
+    ]
+    report["headline"] = headline(cases, args.train_py_mode)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

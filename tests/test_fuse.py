@@ -1,0 +1,86 @@
+"""Inference fusion, and the MobileViT block's fast path, against the plain formulation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobilevit_torch import create_model, list_models
+from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches
+from mobilevit_torch.layers import ConvNormAct
+from mobilevit_torch.models.fuse import fuse_for_inference
+from tests.conftest import randomize_norms
+
+
+@pytest.mark.parametrize(
+    ("name", "channels_last"), [(name, True) for name in list_models()] + [("mobilevit_xxs", False)]
+)
+def test_fused_model_matches_eval_model(name: str, channels_last: bool) -> None:
+    model = randomize_norms(create_model(name)).eval()
+    fused = fuse_for_inference(model, channels_last=channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert all(not p.requires_grad for p in fused.parameters())
+    for size in (256, 97):  # 97: odd feature maps take the block's resize path
+        x = torch.rand(2, 3, size, size)
+        with torch.inference_mode():
+            diff = (fused(x) - model(x)).abs().max().item()
+        assert diff <= 1e-5, f"{size}px: max abs diff {diff}"
+
+
+def test_fusion_leaves_the_original_untouched() -> None:
+    model = randomize_norms(create_model("mobilevit_xxs")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fuse_for_inference(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.stem.bn.running_var.shape == (16,) and model.stem.conv.bias is None
+
+
+def test_fused_conv_norm_act_keeps_the_layout_and_exports() -> None:
+    unit = randomize_norms(ConvNormAct(8, 16, kernel_size=3, stride=2)).eval()
+    fused = copy.deepcopy(unit)
+    fused.fuse_norm()
+    assert fused.is_fused and not unit.is_fused and set(fused.state_dict()) == {"conv.weight", "conv.bias"}
+    x = torch.randn(2, 8, 9, 9)
+    torch.testing.assert_close(fused(x), unit(x), atol=1e-5, rtol=1e-5)
+    exported = torch.export.export(
+        fuse_for_inference(create_model("mobilevit_xxs", num_classes=3)), (torch.randn(1, 3, 64, 64),)
+    )
+    assert exported.module()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def reference_block_forward(block: MobileViTBlock, x: Tensor) -> Tensor:
+    """Fig. 1b as written (conv_in before unfold, conv_out after fold): what the fast path must equal."""
+    y = block.conv_in(block.conv_local(x))
+    batch, _, height, width = y.shape
+    patches = block.norm(block.transformer(unfold_patches(y, 2, 2)))
+    y = block.conv_out(fold_patches(patches, batch, height, width, 2, 2))
+    return block.conv_fusion(torch.cat((x, y), dim=1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_fast_path_trains_like_the_reference(channels_last: bool) -> None:
+    # Training mode: outputs, every gradient and the BatchNorm running statistics must agree, so
+    # training curves do not change.
+    fast = randomize_norms(MobileViTBlock(6, transformer_dim=8, ffn_dim=16, num_layers=2, num_heads=2, patch_size=2))
+    ref = copy.deepcopy(fast)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    fast.to(memory_format=memory_format).train()
+    ref.to(memory_format=memory_format).train()
+    x = torch.randn(3, 6, 8, 10).contiguous(memory_format=memory_format)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    target = torch.randn(3, 6, 8, 10)
+    out_fast, out_ref = fast(x_fast), reference_block_forward(ref, x_ref)
+    assert out_fast.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out_fast, out_ref, atol=1e-5, rtol=1e-5)
+    F.mse_loss(out_fast, target).backward()
+    F.mse_loss(out_ref, target).backward()
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    for (name, p_fast), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for (name, b_fast), b_ref in zip(fast.named_buffers(), ref.buffers(), strict=True):
+        torch.testing.assert_close(b_fast, b_ref, atol=1e-6, rtol=1e-5, msg=name)
