@@ -16,19 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+from mobilevit_torch.cli import non_negative_int, one_line, positive_int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,10 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"wrote {output / 'confusion_matrix.png'} and {output / 'eval.json'}")
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 if __name__ == "__main__":

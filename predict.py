@@ -13,12 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+from mobilevit_torch.cli import one_line, positive_int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, probability in ranked:
             print(f"  {name:<{width}}  {probability:7.2%}")
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 if __name__ == "__main__":
