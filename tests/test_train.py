@@ -150,3 +150,11 @@ def test_gradient_accumulation_matches_one_big_batch(folder: Path, tmp_path: Pat
     steps = load_checkpoint(tmp_path / "a" / "last.pt")["optimizer"]["state"][0]["step"]
     train(tiny_config(tmp_path, folder, **{**options, "data.batch_size": 8}), tmp_path / "b")
     assert steps == load_checkpoint(tmp_path / "b" / "last.pt")["optimizer"]["state"][0]["step"]
+
+
+def test_each_run_logs_only_into_its_own_train_log(folder: Path, tmp_path: Path) -> None:
+    train(tiny_config(tmp_path, folder, epochs=1, plots=False, tensorboard=False), tmp_path / "first")
+    size = (tmp_path / "first" / "train.log").stat().st_size
+    train(tiny_config(tmp_path, folder, epochs=1, plots=False, tensorboard=False), tmp_path / "second")
+    assert (tmp_path / "first" / "train.log").stat().st_size == size
+    assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()

@@ -70,6 +70,9 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         return _train(config, Path(run_dir), device, info)
     finally:
+        for handler in [h for h in _PACKAGE_LOGGER.handlers if isinstance(h, _RunFileHandler)]:
+            _PACKAGE_LOGGER.removeHandler(handler)
+            handler.close()
         shutdown(info)
 
 
@@ -634,7 +637,17 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
 
 
+_PACKAGE_LOGGER = logging.getLogger("mobilevit_torch")
+
+
+class _RunFileHandler(logging.FileHandler):
+    """The run directory's train.log; removed when train() returns."""
+
+
 def _log_to_file(path: Path) -> None:
-    handler = logging.FileHandler(path)
+    handler = _RunFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("mobilevit_torch").addHandler(handler)
+    handler.setLevel(logging.INFO)
+    if _PACKAGE_LOGGER.getEffectiveLevel() > logging.INFO:  # the run log records epochs even when nobody
+        _PACKAGE_LOGGER.setLevel(logging.INFO)  # configured logging (library use, tests)
+    _PACKAGE_LOGGER.addHandler(handler)
