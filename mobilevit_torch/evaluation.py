@@ -23,7 +23,7 @@ from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
 from mobilevit_torch.data.images import BadImageError, load_rgb
 from mobilevit_torch.data.transforms import eval_transform
 from mobilevit_torch.registry import UnknownModelError, create_model
-from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointError, read_checkpoint
 from mobilevit_torch.training.metrics import accuracy_from_confusion, confusion_matrix, per_class_accuracy, topk_correct
 from mobilevit_torch.weights import WeightsError
 
@@ -111,22 +111,11 @@ def load_model_from_checkpoint(path: str | Path) -> nn.Module:
         EvaluationError: ``path`` is a folder, unreadable, or not a mobilevit-torch training checkpoint.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise EvaluationError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {path / 'best.pt'})")
     try:
-        payload = load_checkpoint(path)
-    except ValueError as error:  # readable, but not ours
+        payload = read_checkpoint(path)
+    except CheckpointError as error:
         raise EvaluationError(str(error)) from None
-    except Exception as error:  # not a torch file at all, or one holding pickled objects we refuse
-        raise EvaluationError(
-            f"cannot read {path} as a mobilevit-torch training checkpoint ({_first_line(error)})"
-        ) from None
-    model_name = payload.get("model_name")
-    if not isinstance(model_name, str):
-        raise EvaluationError(f"{path} does not say which model it holds (no 'model_name')")
-    return create_model(model_name, pretrained=path).eval()
+    return create_model(payload["model_name"], pretrained=path).eval()
 
 
 def evaluate_folder(
@@ -303,8 +292,3 @@ def _class_names(model: nn.Module, *, required: bool) -> list[str] | None:
 
 def _json_float(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

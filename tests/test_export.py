@@ -192,7 +192,7 @@ def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch:
         export_model(format="onnx", checkpoint=tmp_path)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ExportError, match=r"cannot read checkpoint .*garbage\.pt"):
+    with pytest.raises(ExportError, match=r"cannot read .*garbage\.pt"):
         export_model(format="onnx", checkpoint=garbage)
     plain = tmp_path / "state_dict.pt"
     torch.save(create_model("mobilevit_xxs").state_dict(), plain)

@@ -18,7 +18,7 @@ from torch import nn
 
 from mobilevit_torch.export.errors import ExportError
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
-from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
 from mobilevit_torch.weights import WeightsError
 
 logger = logging.getLogger("mobilevit_torch")
@@ -75,21 +75,14 @@ def resolve_source(
     if pretrained not in (None, False):
         raise ExportError("pass either checkpoint=PATH or pretrained=PATH (with model=...), not both")
     path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise ExportError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise ExportError(f"checkpoint {path} is a folder; pass the file inside it (e.g. {path / 'best.pt'})")
     try:
-        payload = load_checkpoint(path)
-    except ValueError:
-        raise ExportError(
-            f"{path} is not a mobilevit-torch training checkpoint; for other weights pass "
-            f"model=xxs|xs|s pretrained={path}"
-        ) from None
-    except Exception as error:
-        raise ExportError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
-    stored = payload.get("model_name")
-    if not isinstance(stored, str) or stored not in list_models():
+        payload = read_checkpoint(path)
+    except NotACheckpointError as error:
+        raise ExportError(f"{error}; for other weights pass model=xxs|xs|s pretrained={path}") from None
+    except (FileNotFoundError, CheckpointError) as error:
+        raise ExportError(str(error)) from None
+    stored = payload["model_name"]
+    if stored not in list_models():
         raise ExportError(f"{path} does not name a registered model (model_name={stored!r})")
     if model is not None and registry_name(model) != stored:
         raise ExportError(f"{path} holds a {stored} checkpoint, not {registry_name(model)}: drop model= or fix it")
@@ -127,8 +120,3 @@ def checkpoint_data_root(source: ModelSource) -> Path | None:
         return None
     path = Path(root).expanduser()
     return path if path.is_dir() else None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -67,9 +67,43 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A path that does not hold a usable mobilevit-torch training checkpoint (one-line message)."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A readable file that is something else (other weights, a different pickle)."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint without unpickling arbitrary objects."""
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a mobilevit-torch training checkpoint")
+        raise NotACheckpointError(f"{path} is not a mobilevit-torch training checkpoint")
+    return payload
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint a user named, checked: a file, readable without unpickling objects, ours, with a model name.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        NotACheckpointError: a readable file that is not a mobilevit-torch training checkpoint.
+        CheckpointError: a folder, an unreadable file, or a checkpoint that names no model.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {path / 'best.pt'})")
+    try:
+        payload = load_checkpoint(path)
+    except NotACheckpointError:
+        raise
+    except Exception as error:  # not a torch file at all, or one holding pickled objects we refuse
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise CheckpointError(f"cannot read {path} as a mobilevit-torch training checkpoint ({reason})") from None
+    if not isinstance(payload.get("model_name"), str):
+        raise CheckpointError(f"{path} does not say which model it holds (no 'model_name')")
     return payload
