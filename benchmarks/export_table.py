@@ -1,6 +1,6 @@
 """Export a checkpoint to every format and precision, and measure each on a folder of photos.
 
-    python benchmarks/export_table.py CHECKPOINT IMAGE_FOLDER [--out DIR] [--threads 1] [--max-images 500]
+    python benchmarks/export_table.py CHECKPOINT DATA_FOLDER [--out DIR] [--threads 1] [--max-images 500]
 
 Writes ``export_table.md`` and ``export_table.csv`` (and the exported files) to ``--out``
 (default ``outputs/export_table/``). One row per file plus PyTorch itself:
@@ -9,12 +9,15 @@ Writes ``export_table.md`` and ``export_table.csv`` (and the exported files) to 
 * CPU latency at batch 1: median of ``--runs`` timed calls after ``--warmup``, with a fixed thread
   count (``--threads``) for every runtime, on one preprocessed image (the runner's own NCHW->NHWC
   and int8 quantisation included, as an app pays them);
-* top-1 accuracy on ``--max-images`` photos of the folder (a class-balanced sample), when the folder's
-  class names match the checkpoint's;
+* top-1 accuracy on up to ``--max-images`` held-out photos, when the folder's class names match the
+  checkpoint's;
 * top-1 agreement with PyTorch and the maximum absolute logit difference, on the same photos.
 
-Full-integer int8 is calibrated on ``--calib-images`` other photos of the folder (disjoint from the
-scored ones whenever the folder has enough). One onnx2tf run serves all four TFLite precisions.
+DATA_FOLDER is the folder the model was trained on: it is split as training split it (the seed and
+validation fraction stored in the checkpoint, or ``--split-seed`` / ``--val-fraction``), the rows are
+scored on its validation part, and full-integer int8 is calibrated (and fp16's float16 weights
+chosen) on ``--calib-images`` photos of its training part. One onnx2tf run serves all four TFLite
+precisions.
 """
 
 from __future__ import annotations
@@ -36,10 +39,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mobilevit_torch.data.folder import scan_image_folder  # noqa: E402
 from mobilevit_torch.export.errors import ConversionError, ExportError  # noqa: E402
 from mobilevit_torch.export.exporter import pytorch_logits  # noqa: E402
-from mobilevit_torch.export.images import balanced, load_images  # noqa: E402
+from mobilevit_torch.export.images import load_images, pick_images, training_split  # noqa: E402
 from mobilevit_torch.export.parity import compare  # noqa: E402
 from mobilevit_torch.export.runtime import builtin_operators, open_runner  # noqa: E402
 from mobilevit_torch.export.source import load_model, resolve_source  # noqa: E402
@@ -64,7 +66,7 @@ COLUMNS = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
-    parser.add_argument("folder", type=Path, help="photos, one sub-folder per class")
+    parser.add_argument("folder", type=Path, help="the training photos, one sub-folder per class")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "export_table")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime")
     parser.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per file")
@@ -72,7 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=500, help="photos scored per file")
     parser.add_argument("--calib-images", type=int, default=100, help="photos that calibrate full int8")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which photos are picked")
+    parser.add_argument("--split-seed", type=int, help="the training run's seed (default: the checkpoint's, else 0)")
+    parser.add_argument("--val-fraction", type=float, help="the training run's (default: the checkpoint's, else 0.1)")
     args = parser.parse_args(argv)
     for name in ("threads", "runs", "max_images", "calib_images"):
         if getattr(args, name) < 1:
@@ -116,6 +120,17 @@ def make_row(
     }
 
 
+def fp16_note(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "n/a"
+    kept = report["float32_tensors_kept"]
+    return (
+        f"{report['float16_tensors']} weight tensors in float16, {kept} kept in float32 "
+        f"({report['float32_bytes_kept'] / 1e3:.1f} kB) to stay within {report['budget']:.1e} of fp32 on "
+        f"{report['probe_images']} training photos"
+    )
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -156,20 +171,23 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_source(checkpoint=args.checkpoint, model=None, pretrained=None, num_classes=None)
     model = load_model(source)
     pre = model.preprocessing
-    samples, folder_classes = scan_image_folder(args.folder)
-    scored = balanced(samples, args.max_images, seed=args.seed)
-    chosen = {s.path for s in scored}
-    rest = [s for s in samples if s.path not in chosen]
-    calib_samples = balanced(rest or samples, args.calib_images, seed=args.seed + 1)
-
-    images, folder_labels = load_images(scored, pre)
-    calibration, _ = load_images(calib_samples, pre)
+    split = training_split(source.training_config)
+    if args.split_seed is not None:
+        split["split_seed"] = args.split_seed
+    if args.val_fraction is not None:
+        split["val_fraction"] = args.val_fraction
+    picked = pick_images(
+        args.folder, calib_images=args.calib_images, check_images=args.max_images, seed=args.seed, **split
+    )
+    images, folder_labels = load_images(picked.check, pre)
+    calibration, _ = load_images(picked.calibration, pre)
+    folder_classes = picked.class_names
     model_classes = list(model.class_names or [])
     labels = None
     if model_classes and set(folder_classes) <= set(model_classes):
         # folder label -> the model's index of the same class name
         labels = np.array([model_classes.index(folder_classes[label]) for label in folder_labels])
-    logger.info("scoring %d photos of %s; calibrating on %d others", len(images), args.folder, len(calibration))
+    logger.info("scoring %d held-out photos; calibrating on %d training photos", len(images), len(calibration))
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = source.model_name
@@ -208,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
 
     notes = [
         f"checkpoint `{args.checkpoint.name}` ({source.model_name}, {pre.input_size} px), "
-        f"{len(images)} photos of `{args.folder.name}` ({len(folder_classes)} classes), "
-        f"int8 calibrated on {len(calibration)} other photos",
+        f"scored on {len(images)} held-out photos of `{args.folder.name}` ({len(folder_classes)} classes, "
+        f"split seed {split.get('split_seed', 0)}, validation fraction {split.get('val_fraction', 0.1)}); "
+        f"int8 calibrated on {len(calibration)} of its training photos",
+        f"fp16: {fp16_note(info.get('fp16_weights'))}",
         f"latency: batch 1, {args.threads} thread(s), median and p90 of {args.runs} runs after {args.warmup} warm-up; "
         f"{cpu_name()}",
         f"torch {torch.__version__}, onnx2tf {info['onnx2tf']}, tensorflow {info['tensorflow']}, opset {args.opset}",

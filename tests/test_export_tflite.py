@@ -15,6 +15,7 @@ import torch
 from mobilevit_torch.export import export_model, open_runner
 from mobilevit_torch.export.images import load_images, pick_images
 from mobilevit_torch.export.runtime import builtin_operators
+from mobilevit_torch.export.tflite_fp16 import candidates, choose_float16, logits_on
 from mobilevit_torch.export.to_onnx import export_onnx
 from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, onnx2tf_sample
 from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
@@ -75,8 +76,10 @@ def test_tflite_fp32_xxs_matches_pytorch(tmp_path: Path) -> None:
         assert np.abs(got - model(x).numpy()).max() <= 1e-4
 
 
-def test_tflite_quantized_tiny(tmp_path: Path) -> None:
-    """fp16, dynamic-range int8 and full-integer int8 of a tiny MobileViT from one onnx2tf run."""
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every TFLite precision of a tiny MobileViT from one onnx2tf run, with its images and PyTorch logits."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
     folder = make_folder(tmp_path / "photos", per_class=8)
     model = randomize_norms(MobileViT(TINY, num_classes=3)).eval()
     pre = model.preprocessing.with_input_size(64)
@@ -84,19 +87,20 @@ def test_tflite_quantized_tiny(tmp_path: Path) -> None:
     calibration, _ = load_images(picked.calibration, pre)
     check, _ = load_images(picked.check, pre)
     onnx_path = export_onnx(model, tmp_path / "tiny.onnx", img_size=64)
-    outputs = {p: tmp_path / f"tiny_{p}.tflite" for p in ("fp16", "int8_dynamic", "int8")}
-    info = convert_onnx_to_tflite(
-        onnx_path,
-        outputs,
-        sample=onnx2tf_sample(check),
-        calibration=calibration.permute(0, 2, 3, 1).numpy(),  # [N, 3, S, S] -> [N, S, S, 3]
-    )
-    assert set(info["tflite_seconds"]) == set(outputs)
-
+    outputs = {p: tmp_path / f"tiny_{p}.tflite" for p in ("fp32", "fp16", "int8_dynamic", "int8_mixed", "int8")}
+    calibration = calibration.permute(0, 2, 3, 1).numpy()  # [N, 3, S, S] -> [N, S, S, 3]
+    info = convert_onnx_to_tflite(onnx_path, outputs, sample=onnx2tf_sample(check), calibration=calibration)
     with torch.no_grad():
         reference = model(check).numpy()
+    return {"outputs": outputs, "info": info, "check": check, "reference": reference, "calibration": calibration}
+
+
+def test_tflite_quantized_tiny(tiny_export: dict) -> None:
+    """fp16, dynamic-range int8, mixed and full-integer int8 of a tiny MobileViT from one onnx2tf run."""
+    outputs, info, check, reference = (tiny_export[k] for k in ("outputs", "info", "check", "reference"))
+    assert set(info["tflite_seconds"]) == set(outputs)
     sizes = {p: f.stat().st_size for p, f in outputs.items()}
-    assert sizes["int8"] < sizes["fp16"] and sizes["int8_dynamic"] < sizes["fp16"]
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"] and sizes["int8_dynamic"] < sizes["fp16"]
     for precision, file in outputs.items():
         builtin_operators(file)  # raises on a Flex or custom op
         runner = open_runner(file)
@@ -107,4 +111,45 @@ def test_tflite_quantized_tiny(tmp_path: Path) -> None:
     full = open_runner(outputs["int8"]).describe()
     assert full["input"]["dtype"] == "int8" and full["output"]["dtype"] == "int8"
     assert set(full["input"]["quantization"]) == {"scale", "zero_point", "real_value"}
+    # int8_mixed: float32 in and out, integer convolutions and linear layers, float islands between them
+    assert open_runner(outputs["int8_mixed"]).describe()["input"]["dtype"] == "float32"
+    mixed = builtin_operators(outputs["int8_mixed"])
+    assert {"QUANTIZE", "DEQUANTIZE", "SOFTMAX", "BATCH_MATMUL", "CONV_2D"} <= set(mixed)
     assert open_runner(outputs["int8_dynamic"]).describe()["input"]["dtype"] == "float32"
+    report = info["fp16_weights"]
+    assert report["probe_images"] == len(tiny_export["calibration"])
+    assert report["probe_max_abs_diff_vs_fp32"] <= report["budget"] == 2.5e-3
+
+
+def test_fp16_weight_choice(tiny_export: dict) -> None:
+    """The fp16 file halves what the budget allows: everything, nothing, or the cheapest part."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    fp32 = tiny_export["outputs"]["fp32"].read_bytes()
+    probe = tiny_export["calibration"]
+    found = candidates(flatbuffer_utils.read_model_from_bytearray(bytearray(fp32)))
+    assert len(found) >= 10
+
+    def describe(content: bytes) -> tuple[int, int]:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+        graph = model.subgraphs[0]
+        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in graph.operators]
+        return names.count("DEQUANTIZE"), sum(t.type == 1 for t in graph.tensors)  # TensorType FLOAT16
+
+    everything, report = choose_float16(fp32, probe, budget=float("inf"))
+    assert report["float16_tensors"] == len(found) and report["float32_tensors_kept"] == 0
+    assert describe(everything) == (len(found), len(found))
+    assert len(everything) < 0.6 * len(fp32)
+
+    nothing, report = choose_float16(fp32, probe, budget=0.0)
+    assert nothing == fp32 and report["float16_tensors"] == 0 and report["float32_tensors_kept"] == len(found)
+
+    run = logits_on(probe)
+    all_half = float(np.abs(run(everything) - run(fp32)).max())
+    budget = all_half / 3
+    part, report = choose_float16(fp32, probe, budget=budget)
+    assert 0 < report["float16_tensors"] < len(found)
+    assert describe(part)[0] == report["float16_tensors"]
+    assert len(everything) < len(part) < len(fp32)
+    assert float(np.abs(run(part) - run(fp32)).max()) == pytest.approx(report["probe_max_abs_diff_vs_fp32"])
+    assert report["probe_max_abs_diff_vs_fp32"] <= budget

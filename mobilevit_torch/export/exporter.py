@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.export.errors import ExportError, ParityError, require_modules
 from mobilevit_torch.export.formats import ExportJob, check_precision, get_format
-from mobilevit_torch.export.images import load_images, pick_images, random_inputs
+from mobilevit_torch.export.images import load_images, pick_images, random_inputs, training_split
 from mobilevit_torch.export.parity import ParityReport, compare
 from mobilevit_torch.export.runtime import builtin_operators, open_runner
 from mobilevit_torch.export.sidecar import write_sidecar
 from mobilevit_torch.export.source import checkpoint_data_root, load_model, resolve_source
 from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from mobilevit_torch.export.to_tflite import CALIBRATED
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -74,8 +75,10 @@ def export_model(
         checkpoint: a mobilevit-torch training checkpoint; or, instead, ``model`` (``xxs``/``xs``/``s``)
             with ``pretrained`` weights (any layout ``create_model`` reads) and ``num_classes``.
         output: the file to write; by default ``<output_dir>/<model>_<precision>.<suffix>``.
-        precision: ``fp32`` (ONNX and TFLite); ``fp16``, ``int8_dynamic`` (int8 weights, float
-            activations) or ``int8`` (full integer, calibrated on ``calib_images`` real images) for TFLite.
+        precision: ``fp32`` (ONNX and TFLite); for TFLite also ``fp16`` (float16 weights where the parity
+            bound allows), ``int8_dynamic`` (int8 weights, float activations), ``int8`` (full integer,
+            calibrated on ``calib_images`` real images) or ``int8_mixed`` (the same with LayerNorm and
+            attention kept float32: closer to PyTorch, and faster on CPU).
         opset: ONNX opset, 18 to 23 (also used for the intermediate ONNX of a TFLite export).
         img_size: input side in pixels (a multiple of 32); by default the model's preprocessing size.
         dynamic_batch: ONNX only: a symbolic batch dimension instead of 1.
@@ -114,8 +117,10 @@ def export_model(
     if implicit_root:
         logger.info("real images from the checkpoint's data folder %s", found)
         data_root = found
-    if precision == "int8" and data_root is None:
-        raise ExportError("precision=int8 is calibrated on real images: pass data.root=PATH (a folder of photos)")
+    if precision in CALIBRATED and data_root is None:
+        raise ExportError(
+            f"precision={precision} is calibrated on real images: pass data.root=PATH (a folder of photos)"
+        )
     require_modules(fmt.modules, purpose=f"format={fmt.name}")
 
     # -- load the model and the images -----------------------------------------------------------
@@ -131,15 +136,15 @@ def export_model(
                 calib_images=calib_images,
                 check_images=check_images,
                 seed=seed,
-                **_split_args(source.training_config),
+                **training_split(source.training_config),
             )
         except DataError as error:
-            if not implicit_root or precision == "int8":
+            if not implicit_root or precision in CALIBRATED:
                 raise ExportError(f"data.root: {error}") from None
             logger.warning("not using the checkpoint's data folder: %s", error)
         else:
             check, _ = load_images(picked.check, preprocessing)
-            if precision == "int8":
+            if precision in (*CALIBRATED, "fp16"):  # int8 ranges, fp16's choice of weights: training images
                 calibration, _ = load_images(picked.calibration, preprocessing)
                 logger.info("calibrating on %d images from %s", len(calibration), picked.root)
             if len(check) == 0 or (calibration is not None and len(calibration) == 0):
@@ -189,17 +194,6 @@ def pytorch_logits(model: nn.Module, images: Tensor, *, batch_size: int = 16) ->
     """The reference: the eval-mode PyTorch model's float32 logits, ``[N, classes]``."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
-
-
-def _split_args(config: dict[str, Any]) -> dict[str, Any]:
-    """The training run's split (seed, validation fraction), so checks use images it held out."""
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    args: dict[str, Any] = {}
-    if isinstance(config.get("seed"), int):
-        args["split_seed"] = config["seed"]
-    if isinstance(data.get("val_fraction"), float):
-        args["val_fraction"] = data["val_fraction"]
-    return args
 
 
 def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:

@@ -28,7 +28,7 @@ class ExportJob:
     opset: int
     dynamic_batch: bool
     sample: Tensor  # [N, 3, S, S] model inputs at hand (real images when given): onnx2tf's test sample
-    calibration: Tensor | None  # [N, 3, S, S] real images for full-integer int8, else None
+    calibration: Tensor | None  # [N, 3, S, S] real images (int8 calibration, fp16 weight choice), else None
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,11 @@ def _write_onnx(job: ExportJob) -> dict[str, Any]:
 def _write_tflite(job: ExportJob) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mobilevit_onnx_") as tmp:
         onnx_path = export_onnx(job.model, Path(tmp) / "model.onnx", img_size=job.img_size, opset=job.opset)
+        images = job.calibration
+        if images is None and job.precision == "fp16":
+            images = job.sample  # no folder given: fp16's weights are chosen on the check inputs
         # [N, 3, S, S] -> [N, S, S, 3]: TFLite's input layout
-        calibration = None if job.calibration is None else job.calibration.permute(0, 2, 3, 1).numpy()
+        calibration = None if images is None else images.permute(0, 2, 3, 1).numpy()
         info = convert_onnx_to_tflite(
             onnx_path, {job.precision: job.output}, sample=onnx2tf_sample(job.sample), calibration=calibration
         )

@@ -11,6 +11,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,6 +61,18 @@ def pick_images(
         calibration=balanced(train, calib_images, seed=seed),
         check=balanced(val, check_images, seed=seed + 1),
     )
+
+
+def training_split(config: dict[str, Any]) -> dict[str, Any]:
+    """``pick_images`` arguments for a training run's split (its seed and validation fraction), from the
+    checkpoint's stored config; empty when it has none (``make_split``'s defaults then apply)."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    args: dict[str, Any] = {}
+    if isinstance(config.get("seed"), int):
+        args["split_seed"] = config["seed"]
+    if isinstance(data.get("val_fraction"), float):
+        args["val_fraction"] = data["val_fraction"]
+    return args
 
 
 def balanced(samples: list[Sample], count: int, *, seed: int) -> list[Sample]:

@@ -5,14 +5,15 @@
 onnx2tf turns the ONNX graph into a Keras model (NCHW -> NHWC throughout, the input becomes
 ``[1, H, W, 3]``; its layers keep the ONNX input and output names, ``input`` and ``logits``, which
 become the TFLite signature's). TensorFlow's TFLite converter then writes each requested precision
-from that one model, allowed builtin TFLite ops only, so a graph that would need the Flex delegate
-(SELECT_TF_OPS) fails here instead of producing a file an app cannot run. onnx2tf's own SavedModel
-and TFLite outputs are skipped (``disable_model_save``): they allow Flex ops and cost time.
+from that one model (fp16 is made from the fp32 file afterwards: see ``tflite_fp16.py``), builtin
+TFLite ops only, so a graph that would need the Flex delegate (SELECT_TF_OPS) fails here instead of producing
+a file an app cannot run. onnx2tf's own SavedModel and TFLite outputs are skipped
+(``disable_model_save``): they allow Flex ops and cost time.
 
 This file is run by path, not imported as part of the package: it imports neither torch nor
 mobilevit_torch (TensorFlow and PyTorch in one process fight over threads and protobuf), only the
-standard library, TensorFlow and onnx2tf. The parent puts a ``sitecustomize`` on ``PYTHONPATH`` that
-refuses network connections in this process and in the ``onnxsim`` processes onnx2tf starts.
+standard library, numpy, TensorFlow, onnx2tf and LiteRT. The parent puts a ``sitecustomize`` on
+``PYTHONPATH`` that refuses network connections in this process and in the ``onnxsim`` processes onnx2tf starts.
 """
 
 from __future__ import annotations
@@ -52,9 +53,7 @@ def main(request_file: str) -> int:
     seconds = {}
     for precision, target in request["outputs"].items():
         started = time.perf_counter()
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        _configure(converter, tf, precision, request.get("calibration"))
-        Path(target).write_bytes(converter.convert())
+        Path(target).write_bytes(_convert(tf, model, precision, request.get("calibration")))
         seconds[precision] = round(time.perf_counter() - started, 2)
 
     result: dict[str, Any] = {
@@ -67,22 +66,23 @@ def main(request_file: str) -> int:
     return 0
 
 
-def _configure(converter: Any, tf: Any, precision: str, calibration: str | None) -> None:
-    """Builtin ops only for every precision: no SELECT_TF_OPS, so no Flex delegate is ever needed."""
+def _convert(tf: Any, model: Any, precision: str, calibration: str | None) -> bytes:
+    """TensorFlow's converter, builtin ops only: no SELECT_TF_OPS, so no Flex delegate is ever needed.
+    (``fp16`` is not asked for here: the parent makes it from the ``fp32`` file.)"""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if precision == "fp32":
-        return
+        return converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if precision == "fp16":
-        # float16 weights (half the size), dequantised to float32 when the interpreter loads them.
-        converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8_dynamic":
+    if precision == "int8_dynamic":
         # Dynamic-range: int8 weights, float32 activations quantised on the fly per op. No calibration.
         pass
-    elif precision == "int8":
+    elif precision in ("int8", "int8_mixed"):
         # Full integer: int8 weights and activations (ranges from real calibration images), int8 input/output.
+        # int8_mixed: the same, but LayerNorm and attention (q k^T, softmax, attn v) stay float32, and the
+        # model takes and returns float32 (TensorFlow's selective quantisation keeps float ends).
         if calibration is None:
-            raise ValueError("precision int8 needs calibration images")
+            raise ValueError(f"precision {precision} needs calibration images")
         import numpy as np
 
         images = np.load(calibration)  # [N, H, W, 3] float32, already preprocessed like the model input
@@ -95,8 +95,35 @@ def _configure(converter: Any, tf: Any, precision: str, calibration: str | None)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+        if precision == "int8_mixed":
+            return _keep_float(tf, converter, model, images[:1])
     else:
         raise ValueError(f"unknown precision {precision!r}")
+    return converter.convert()
+
+
+# Ops that stay float32 in int8_mixed: the attention (integer BATCH_MATMUL and SOFTMAX are also slow
+# on CPU: 31.7 ms full int8 vs 8.7 ms mixed for XXS) and LayerNorm. TensorFlow writes LayerNorm as
+# mean / squared difference / rsqrt / mul / sub: the variance spans too wide a range for int8, and this
+# is what costs full int8 its agreement (95.8 % -> 97.9 % on the flowers XXS with it kept float).
+FLOAT_OPS = ["BATCH_MATMUL", "SOFTMAX"]
+FLOAT_NODES = "layer_normalization"  # onnx2tf's Keras LayerNormalization layers, in every op name inside them
+
+
+def _keep_float(tf: Any, converter: Any, model: Any, one_image: Any) -> bytes:
+    """The calibrated converter's model with ``FLOAT_OPS`` and the LayerNorm ops left in float32."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    float_file = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    names = [t["name"] for t in Interpreter(model_content=float_file).get_tensor_details() if FLOAT_NODES in t["name"]]
+    if not names:
+        raise ValueError(f"int8_mixed: no {FLOAT_NODES} ops found in the converted graph")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=FLOAT_OPS, denylisted_nodes=names)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: iter([[one_image]]), debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ The conversion runs in a child process (``tflite_worker.py``) in a private worki
   ``onnxsim`` processes onnx2tf starts, so a new download attempt fails loudly instead of leaking.
 * **Full-integer int8 is calibrated on real images only**: the caller passes them; there is no
   random fallback.
+* **fp16 keeps the parity bound**: it is made here from the worker's float32 file, its float16
+  weights chosen on the caller's images (``tflite_fp16.py``) to stay within a quarter of
+  ``TOLERANCES["fp16"]``, which leaves the parity check, on other images, room for what the choice
+  did not see.
 * onnx2tf and TensorFlow log a great deal: it all goes to a log file, kept beside the output (and
   named in the error) when the conversion fails.
 """
@@ -37,10 +41,14 @@ from mobilevit_torch.export.errors import (
     onnxsim_executable,
     require_modules,
 )
+from mobilevit_torch.export.parity import TOLERANCES
+from mobilevit_torch.export.tflite_fp16 import choose_float16
 
 logger = logging.getLogger("mobilevit_torch")
 
-PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8")
+PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8_mixed", "int8")
+# Calibrated on real images: int8 activations need their ranges.
+CALIBRATED = ("int8_mixed", "int8")
 # onnx2tf looks for exactly this file in its working folder and downloads it when absent.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 WORKER = Path(__file__).with_name("tflite_worker.py")
@@ -100,8 +108,8 @@ def convert_onnx_to_tflite(
         outputs: e.g. ``{"fp32": Path("m_fp32.tflite"), "int8": Path("m_int8.tflite")}``; one onnx2tf
             run serves them all.
         sample: ``onnx2tf_sample(...)`` of the images at hand, written where onnx2tf looks for it.
-        calibration: ``[N, H, W, 3]`` float32 model inputs (NHWC) from real images; required for
-            ``int8``, unused otherwise.
+        calibration: ``[N, H, W, 3]`` float32 model inputs (NHWC); required for ``int8``/``int8_mixed`` (real images
+            only: the caller makes sure) and ``fp16`` (the images its float16 weights are chosen on).
         timeout_s: the conversion is stopped after this long.
 
     Returns the converter's versions and timings.
@@ -109,8 +117,13 @@ def convert_onnx_to_tflite(
     unknown = sorted(set(outputs) - set(PRECISIONS))
     if unknown:
         raise ExportError(f"unknown TFLite precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
-    if "int8" in outputs and (calibration is None or calibration.shape[0] == 0):
-        raise ExportError("precision=int8 needs real calibration images (data.root=PATH); random data is never used")
+    calibrated = sorted(set(CALIBRATED) & set(outputs))
+    if calibrated and (calibration is None or calibration.shape[0] == 0):
+        raise ExportError(
+            f"precision={calibrated[0]} needs real calibration images (data.root=PATH); random data is never used"
+        )
+    if "fp16" in outputs and (calibration is None or calibration.shape[0] == 0):
+        raise ValueError("precision fp16 needs images to choose its float16 weights on")
     if sample.shape != (20, 128, 128, 3) or sample.dtype != np.float32:
         raise ValueError(f"sample must be float32 [20, 128, 128, 3], got {sample.dtype} {list(sample.shape)}")
     require_modules(TFLITE_MODULES, purpose="format=tflite")
@@ -129,7 +142,10 @@ def convert_onnx_to_tflite(
             "calibration": None,
             "result": str(workdir / "result.json"),
         }
-        if calibration is not None and "int8" in outputs:
+        if "fp16" in outputs:  # made here from the fp32 file, after the worker
+            del request["outputs"]["fp16"]
+            request["outputs"].setdefault("fp32", str(workdir / "fp32.tflite"))
+        if calibration is not None and calibrated:
             np.save(workdir / "calibration.npy", calibration.astype(np.float32))
             request["calibration"] = str(workdir / "calibration.npy")
         (workdir / "request.json").write_text(json.dumps(request))
@@ -159,6 +175,13 @@ def convert_onnx_to_tflite(
                 f"TFLite conversion failed (exit status {completed.returncode}): {_last_error(log_file)}; log: {kept}"
             )
         result = json.loads((workdir / "result.json").read_text())
+        if "fp16" in outputs:
+            assert calibration is not None  # checked above
+            fp16_started = time.perf_counter()
+            fp32 = Path(request["outputs"]["fp32"]).read_bytes()
+            content, result["fp16_weights"] = choose_float16(fp32, calibration, budget=TOLERANCES["fp16"] / 4)
+            Path(outputs["fp16"]).write_bytes(content)
+            result["tflite_seconds"]["fp16"] = round(time.perf_counter() - fp16_started, 2)
         result["seconds"] = round(time.perf_counter() - started, 2)
         return result
     finally:
