@@ -157,7 +157,7 @@ def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, mon
         ({"format": "onnx", "precision": "int8"}, "format=onnx does not support precision=int8.*format=tflite"),
         (
             {"format": "tflite", "precision": "int4"},
-            re.escape("does not support precision=int4: choose fp32|fp16|int8_dynamic|int8"),
+            re.escape("does not support precision=int4: choose fp32|fp16|int8_dynamic|int8_mixed|int8") + "$",
         ),
         ({"format": "onnx", "opset": 17}, "opset must be between 18 and 23, got 17"),
         ({"format": "onnx", "opset": "18"}, "opset must be an integer"),
@@ -208,9 +208,10 @@ def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch:
     assert not (tmp_path / "never.onnx").exists()
 
 
-def test_int8_needs_real_images(assets: dict[str, Path]) -> None:
-    with pytest.raises(ExportError, match=r"precision=int8 is calibrated on real images: pass data.root=PATH"):
-        export_model(format="tflite", precision="int8", checkpoint=assets["mobilevit_xxs"])
+@pytest.mark.parametrize("precision", ["int8", "int8_mixed"])
+def test_int8_needs_real_images(assets: dict[str, Path], precision: str) -> None:
+    with pytest.raises(ExportError, match=rf"precision={precision} is calibrated on real images: pass data.root=PATH"):
+        export_model(format="tflite", precision=precision, checkpoint=assets["mobilevit_xxs"])
 
 
 def test_missing_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
