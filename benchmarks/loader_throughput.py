@@ -55,7 +55,7 @@ def main() -> None:
     for epoch in range(2):  # the first epoch warms up kernels
         sync(device)
         start = time.perf_counter()
-        seen = sum(len(y) for _, y in batches.epoch(epoch))
+        seen = sum(len(batches.materialize(batch)[1]) for batch in batches.epoch(epoch))
         sync(device)
         results["cached_path_img_s"] = seen / (time.perf_counter() - start)
 
@@ -63,7 +63,7 @@ def main() -> None:
                                 recipe=recipe, seed=0, num_workers=args.workers, device=device)
     for epoch in range(2):  # the first epoch starts the worker processes
         start = time.perf_counter()
-        seen = sum(len(y) for _, y in loader.epoch(epoch))
+        seen = sum(len(loader.materialize(batch)[1]) for batch in loader.epoch(epoch))
         sync(device)
         results["dataloader_path_img_s"] = seen / (time.perf_counter() - start)
 

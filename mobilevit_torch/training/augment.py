@@ -8,6 +8,7 @@ RandomResizedCrop (or Keras-style random crop) + flip costs one ``affine_grid`` 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -82,7 +83,12 @@ def normalize(x: Tensor, pre: Preprocessing) -> Tensor:
     """Float pixels in [0, 255] (RGB) -> [0, 1], mean/std, then the model's channel order."""
     x = x / 255.0
     if pre.mean != (0.0, 0.0, 0.0) or pre.std != (1.0, 1.0, 1.0):
-        mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = (x - _constant(pre.mean, x.device)) / _constant(pre.std, x.device)
     return x.flip(1) if pre.channel_order == "BGR" else x
+
+
+@functools.cache
+def _constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """``[1, 3, 1, 1]`` per-channel constant, made once per device: a host-to-device copy cannot
+    happen while a CUDA graph is being captured, so the first (uncaptured) step makes it."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)

@@ -28,6 +28,7 @@ from mobilevit_torch.data.cache import decode_images
 from mobilevit_torch.data.datasets import find_unreadable
 from mobilevit_torch.data.download import FLOWERS_SHA256, FLOWERS_URL, prepare_flowers
 from mobilevit_torch.data.folder import DataError, DatasetSplit, make_split
+from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training import pipeline
 from mobilevit_torch.training.checkpoint import load_checkpoint, model_payload, save_checkpoint, unwrap_model
@@ -42,8 +43,10 @@ from mobilevit_torch.training.distributed import (
 )
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
+from mobilevit_torch.training.mixing import Mixer
 from mobilevit_torch.training.run_log import RunLogger
 from mobilevit_torch.training.schedule import learning_rate
+from mobilevit_torch.training.step import TrainStep
 
 logger = logging.getLogger("mobilevit_torch.train")
 
@@ -194,11 +197,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     updates_per_epoch = steps_per_epoch // accum
     total_updates = config.epochs * updates_per_epoch
     warmup_updates = round(config.recipe.warmup_epochs * updates_per_epoch)
-    optimizer = build_optimizer(model, config, device)
     amp_dtype = amp_precision(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    graphs_blocked = TrainStep.graphs_possible(device, distributed=info.enabled, scaler_enabled=scaler.is_enabled())
+    use_graphs = config.cuda_graphs and graphs_blocked is None
+    optimizer = build_optimizer(model, config, device, capturable=use_graphs)
     ema = ModelEma(model, decay=config.recipe.ema_decay) if config.recipe.ema_decay > 0 else None
-    criterion, mixup = build_criterion(config, len(class_names))
+    recipe = config.recipe
+    mixer = Mixer(recipe.mixup, recipe.cutmix, config.seed) if recipe.mixup > 0 or recipe.cutmix > 0 else None
 
     train_model: nn.Module = model
     if info.enabled:
@@ -207,6 +213,12 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         )
     if config.compile:
         train_model = torch.compile(train_model)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its kernels once
+        logger.info(
+            "CUDA graphs: %s",
+            "on (one graph per update)" if use_graphs else f"off ({graphs_blocked or 'cuda_graphs=false'})",
+        )
 
     # ---- resume ------------------------------------------------------------------------------
     start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
@@ -216,6 +228,23 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             resume, model, optimizer, scaler, ema, class_names, config
         )
         logger.info("resumed from %s at epoch %d, step %d", config.resume, start_epoch, start_step)
+    train_step = TrainStep(
+        model,
+        train_model,
+        optimizer,
+        materialize=train_batches.materialize,
+        num_classes=len(class_names),
+        label_smoothing=recipe.label_smoothing,
+        mixer=mixer,
+        clip_grad=recipe.clip_grad,
+        ema=ema,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        memory_format=memory_format,
+        device=device,
+        cuda_graphs=use_graphs,
+        distributed=info.enabled,
+    )
     run_log = RunLogger(run_dir, tensorboard=config.tensorboard, resume=resume is not None) if info.is_main else None
     if info.is_main:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -237,17 +266,23 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
 
     # ---- the loop ----------------------------------------------------------------------------
     stop = StopSignal()
+    loop_start = time.perf_counter()  # setup (data, cache, model) ends here
+    images_trained = 0.0
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    # Validation forwards replay as CUDA graphs too (one per batch shape; they autocast themselves).
+    eval_forward = GraphedForward(model, amp_dtype) if use_graphs else None
+    ema_forward = GraphedForward(ema.module, amp_dtype) if use_graphs and ema is not None else None
+    eval_autocast = contextlib.nullcontext() if use_graphs else autocast
     best_confusion: Tensor | None = None
     epochs_this_run = 0
     try:
         for epoch in range(start_epoch, config.epochs):
-            if start_step == 0:  # dropout (torch) and mixup (numpy) draws: replayable from (seed, epoch)
+            if start_step == 0:  # dropout draws: replayable from (seed, epoch)
                 epoch_seed = config.seed * 1_000_003 + epoch * 7919 + info.rank
                 torch.manual_seed(epoch_seed)
-                np.random.seed(epoch_seed % 2**32)
             train_model.train()
-            sums = {k: torch.tensor(carried[k], device=device, dtype=torch.float64) for k in carried}
+            train_step.reset_sums(**carried)
+            sums = train_step.sums
             bar = tqdm(
                 total=steps_per_epoch,
                 initial=start_step,
@@ -258,62 +293,38 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             )
             epoch_start = time.perf_counter()
             batches = train_batches.epoch(epoch, start_step)
-            for step in range(start_step, steps_per_epoch):
-                x, y = next(batches)
+            mixes = mixer.epoch_params(epoch, steps_per_epoch).to(device) if mixer else None  # [steps, 6]
+            for step in range(start_step, steps_per_epoch, accum):  # one optimizer update per `accum` batches
                 update = epoch * updates_per_epoch + step // accum
                 lr = learning_rate(
                     update,
-                    base_lr=config.recipe.lr,
+                    base_lr=recipe.lr,
                     total_steps=total_updates,
                     warmup_steps=warmup_updates,
-                    min_lr=config.recipe.min_lr,
-                    schedule=config.recipe.schedule,
+                    min_lr=recipe.min_lr,
+                    schedule=recipe.schedule,
                 )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = x.contiguous(memory_format=memory_format)
-                targets = y
-                if mixup is not None and len(x) % 2 == 0:  # per-image multi-scale batches may be odd
-                    x, targets = mixup(x, y)
-                elif mixup is not None:
-                    smoothing = config.recipe.label_smoothing  # the same smoothed soft targets mixup makes
-                    targets = F.one_hot(y, len(class_names)).float() * (1 - smoothing) + smoothing / len(class_names)
-                sync = (step + 1) % accum == 0
-                no_sync = train_model.no_sync() if info.enabled and not sync else contextlib.nullcontext()
-                with no_sync, autocast:
-                    logits = train_model(x)
-                    loss = criterion(logits.float(), targets)
-                scaler.scale(loss / accum).backward()
-                if sync:
-                    if config.recipe.clip_grad > 0:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), config.recipe.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update(model)
-                # Running sums stay on the device: no host sync per step.
-                sums["loss"] += loss.detach() * y.shape[0]
-                sums["correct"] += (logits.detach().argmax(1) == y).sum()
-                sums["seen"] += y.shape[0]
-                bar.update(1)
-                if (step + 1) % config.log_every == 0:  # a host sync: only every log_every steps
+                group = [next(batches) for _ in range(accum)]
+                train_step(group, mixes[step : step + accum] if mixes is not None else None, lr)
+                bar.update(accum)
+                done = step + accum
+                log_point = done // config.log_every > step // config.log_every  # crossed a multiple
+                if log_point:  # a host sync: only every log_every steps
                     running = (sums["loss"] / sums["seen"]).item()
                     if not math.isfinite(running):
-                        raise TrainingDiverged(diverged_message(epoch, step, running, run_dir))
+                        raise TrainingDiverged(diverged_message(epoch, done - 1, running, run_dir))
                     bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.2e}")
                 stop_now = stop.signum is not None
                 if info.enabled:  # ranks must agree; ask the others only at the log points (a sync)
-                    stop_now = (step + 1) % config.log_every == 0 and broadcast_flag(stop_now, info, device)
-                if sync and stop_now:
+                    stop_now = log_point and broadcast_flag(stop_now, info, device)
+                if stop_now:
                     barrier(info)
                     if info.is_main:
                         save_checkpoint(
-                            run_dir / "last.pt", checkpoint(epoch, step + 1, {k: v.item() for k, v in sums.items()})
+                            run_dir / "last.pt", checkpoint(epoch, done, {k: v.item() for k, v in sums.items()})
                         )
                     raise TrainingInterrupted(
-                        f"interrupted at epoch {epoch + 1}, step {step + 1}: saved {run_dir / 'last.pt'}; "
+                        f"interrupted at epoch {epoch + 1}, step {done}: saved {run_dir / 'last.pt'}; "
                         f"continue with resume={run_dir / 'last.pt'}",
                         stop.signum or signal.SIGTERM,
                     )
@@ -328,13 +339,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
             val_loss, val_acc, confusion = evaluate(
-                model, val_batches(), len(class_names), device, autocast, memory_format, info
+                model, val_batches(), len(class_names), device, eval_autocast, memory_format, info, eval_forward
             )
             ema_acc, ema_confusion = None, None
             if ema is not None:
                 _, ema_acc, ema_confusion = evaluate(
-                    ema.module, val_batches(), len(class_names), device, autocast, memory_format, info
+                    ema.module, val_batches(), len(class_names), device, eval_autocast, memory_format, info, ema_forward
                 )
+            images_trained += totals[2]
             record = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
@@ -342,9 +354,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 "val_loss": val_loss,
                 "val_acc": val_acc,
                 "ema_val_acc": ema_acc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "images_per_s": totals[2] / train_time,
                 "epoch_time_s": time.perf_counter() - epoch_start,
+                "val_time_s": time.perf_counter() - epoch_start - train_time,
             }
             improved_model = val_acc > best["val_acc"]
             improved_ema = ema_acc is not None and ema_acc > max(best["val_acc"], val_acc)
@@ -386,6 +399,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             run_log.close()
 
     # ---- report ------------------------------------------------------------------------------
+    loop_s = time.perf_counter() - loop_start
     history = run_log.history if run_log else []
     summary = {
         "run_dir": str(run_dir),
@@ -395,6 +409,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         "val_images": num_val,
         "skipped_files": [list(s) for s in skipped],
         "wall_time_s": time.perf_counter() - started,
+        "setup_time_s": loop_start - started,
+        # The whole loop (steps, validation, checkpoints, logs) over the training images it went through.
+        "loop_time_s": loop_s,
+        "loop_images_per_s": images_trained / loop_s if loop_s > 0 else 0.0,
     }
     if history:
         last = history[-1]
@@ -442,31 +460,19 @@ def amp_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norm parameters (1-D tensors); Adam for the Keras recipe."""
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device, *, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norm parameters (1-D tensors); Adam for the Keras recipe.
+
+    Fused kernels on CUDA; ``capturable`` keeps the step counts on the device (a CUDA graph replays it)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    options = {"lr": config.recipe.lr, "fused": device.type == "cuda", "capturable": capturable}
     if config.recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.recipe.lr, fused=fused)
-    return torch.optim.AdamW(groups, lr=config.recipe.lr, fused=fused)
-
-
-def build_criterion(config: TrainConfig, num_classes: int) -> tuple[nn.Module, Any]:
-    recipe = config.recipe
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixup = Mixup(
-            mixup_alpha=recipe.mixup,
-            cutmix_alpha=recipe.cutmix,
-            label_smoothing=recipe.label_smoothing,
-            num_classes=num_classes,
-        )
-        return SoftTargetCrossEntropy(), mixup
-    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), None
+        return torch.optim.Adam(model.parameters(), **options)
+    return torch.optim.AdamW(groups, **options)
 
 
 @torch.no_grad()
@@ -478,15 +484,19 @@ def evaluate(
     autocast: Any,
     memory_format: torch.memory_format,
     info: DistInfo,
+    forward: Any = None,
 ) -> tuple[float, float, Tensor]:
-    """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks."""
+    """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks.
+
+    ``forward`` (default ``model``) computes the logits, e.g. a :class:`GraphedForward` of ``model``."""
     was_training = model.training
     model.eval()
+    forward = forward or model
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for x, y in batches:
         with autocast:
-            logits = model(x.contiguous(memory_format=memory_format)).float()
+            logits = forward(x.contiguous(memory_format=memory_format)).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += confusion_matrix(logits.argmax(1), y, num_classes)
     all_reduce_sum(loss_sum, info)

@@ -1,12 +1,16 @@
 """Where training and validation batches come from.
 
-Two paths, one interface (``steps_per_epoch``, ``epoch(epoch, start_step)`` yielding ``(x, y)``):
+Two paths, one interface: ``steps_per_epoch``, ``epoch(epoch, start_step)`` yielding a
+:class:`Batch` of device tensors, and ``materialize(batch) -> (x, y)``, the device-only work that
+turns those tensors into model input and labels. The training step runs ``materialize`` itself, so
+on a GPU the batch assembly is part of the step's CUDA graph.
 
 - cached (default): every image is decoded once into a uint8 tensor that lives on the training
-  device; each step gathers a batch by index and crops/flips it there (``augment.py``). No
-  per-image Python work per step, so the loader never starves the GPU.
+  device; a batch is its indices, crop boxes and flips (the whole epoch's plan is copied to the
+  device in one transfer), and ``materialize`` gathers and crops/flips them there (``augment.py``).
+  No per-image Python work per step, so the loader never starves the GPU.
 - per-image DataLoader: torchvision transforms in worker processes, for folders too large to cache
-  or for per-image augmentations (RandAugment).
+  or for per-image augmentations (RandAugment); a batch is the finished ``x`` and ``y``.
 
 Batch composition is a pure function of ``(seed, epoch)``: the same global batch on any number
 of processes (each rank takes its slice), and a resumed run replays the exact same batches.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,6 +40,13 @@ from mobilevit_torch.training.augment import (
     random_resized_crop_boxes,
 )
 from mobilevit_torch.training.config import RecipeConfig
+
+
+class Batch(NamedTuple):
+    """One micro-batch as the training step receives it: output image size and device tensors."""
+
+    size: int
+    tensors: dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -122,14 +134,31 @@ class CachedTrainBatches:
     def steps_per_epoch(self) -> int:
         return len(self._plan(0)) if self.sizes else len(self.labels) // self.batch_size
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         rank, world = self.shard.rank, self.shard.world_size
+        plan = self._plan(epoch)[start_step:]
+        if not plan:
+            return
+        # This rank's slice of each global batch (the same slice of the same random draws), the
+        # whole epoch in one host-to-device copy per field, then split back into steps (views).
+        fields = {
+            "indices": torch.cat([indices[rank::world] for indices, _, _, _ in plan]),  # [sum B]
+            "boxes": torch.cat([boxes[rank::world] for _, _, boxes, _ in plan]),  # [sum B, 4]
+            "flips": torch.cat([flips[rank::world] for _, _, _, flips in plan]),  # [sum B]
+        }
         device = self.images.device
-        for indices, size, boxes, flips in self._plan(epoch)[start_step:]:
-            # This rank's slice of the global batch (the same slice of the same random draws).
-            mine = indices[rank::world].to(device, non_blocking=True)
-            x = crop_and_flip(self.images[mine], boxes[rank::world], flips[rank::world], out_size=size, pre=self.pre)
-            yield x, self.labels[mine]
+        if device.type == "cuda":
+            fields = {name: value.pin_memory().to(device, non_blocking=True) for name, value in fields.items()}
+        counts = [len(indices[rank::world]) for indices, _, _, _ in plan]
+        steps = {name: value.split(counts) for name, value in fields.items()}
+        for i, (_, size, _, _) in enumerate(plan):
+            yield Batch(size, {name: value[i] for name, value in steps.items()})
+
+    def materialize(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Gather, crop and flip on the device: ``x`` float ``[B, 3, size, size]``, ``y`` ``[B]``."""
+        indices, boxes, flips = batch.tensors["indices"], batch.tensors["boxes"], batch.tensors["flips"]
+        x = crop_and_flip(self.images[indices], boxes, flips, out_size=batch.size, pre=self.pre)
+        return x, self.labels[indices]
 
 
 class CachedEvalBatches:
@@ -221,12 +250,17 @@ class LoaderTrainBatches:
     def steps_per_epoch(self) -> int:
         return len(self.sampler)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         self.sampler.set_epoch(epoch)
         # Workers draw their augmentations from torch's RNG, seeded per worker from this.
         torch.manual_seed(self.seed * 1_000_003 + epoch)
         for x, y in itertools.islice(self.loader, start_step, None):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield Batch(
+                x.shape[-1], {"x": x.to(self.device, non_blocking=True), "y": y.to(self.device, non_blocking=True)}
+            )
+
+    def materialize(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return batch.tensors["x"], batch.tensors["y"]
 
 
 def loader_eval_batches(

@@ -1,0 +1,59 @@
+"""Inference forward passes replayed as CUDA graphs: one launch per batch instead of hundreds.
+
+MobileViT-XXS runs a few hundred small kernels per forward; on a large GPU launching them from
+Python takes longer than running them. :class:`GraphedForward` captures ``model(x)`` once per
+input shape (and dtype/layout) and afterwards copies each batch into the captured input buffer and
+replays. The returned logits live in the graph's output buffer: the next call overwrites them, so
+use (or copy) them before calling again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+WARMUP_CALLS = 2  # uncaptured calls before a capture: cuDNN's algorithm choice, lazy initialisation
+
+
+class GraphedForward:
+    """``GraphedForward(model, dtype)(x)``: ``model(x)`` under ``torch.inference_mode`` (and autocast
+    to ``dtype`` when given), captured as a CUDA graph per distinct input shape; a plain call on the CPU.
+
+    Each graph has its own memory pool: a graph's output stays alive between calls, and a shared
+    pool would let another graph's replay write over it."""
+
+    def __init__(self, model: nn.Module | Callable[[Tensor], Tensor], dtype: torch.dtype | None = None) -> None:
+        self.model, self.dtype = model, dtype
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+
+    def _forward(self, x: Tensor) -> Tensor:
+        # Autocast's cast cache must be off inside a capture (PyTorch's CUDA-graph notes).
+        autocast = torch.autocast(
+            x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None, cache_enabled=False
+        )
+        with torch.inference_mode(), autocast:
+            return self.model(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.device.type != "cuda":
+            return self._forward(x)
+        contiguous = x.is_contiguous()
+        key = (tuple(x.shape), x.dtype, contiguous, x.device)
+        if key not in self._graphs:
+            static_x = x.clone(memory_format=torch.contiguous_format if contiguous else torch.channels_last)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_CALLS):
+                    self._forward(static_x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_x)
+            self._graphs[key] = (graph, static_x, static_out)
+        graph, static_x, static_out = self._graphs[key]
+        static_x.copy_(x, non_blocking=True)
+        graph.replay()
+        return static_out

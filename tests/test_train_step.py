@@ -1,0 +1,91 @@
+"""The training step's pieces on the CPU: mixing as timm defines it, soft targets, EMA, graph refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobilevit_torch import create_model
+from mobilevit_torch.training.ema import ModelEma
+from mobilevit_torch.training.mixing import Mixer, smoothed_targets, soft_cross_entropy
+from mobilevit_torch.training.step import TrainStep
+
+
+def test_smoothed_targets_and_soft_cross_entropy_match_torch() -> None:
+    logits, labels = torch.randn(6, 5), torch.tensor([0, 4, 2, 2, 1, 3])
+    targets = smoothed_targets(labels, 5, 0.1)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert targets[0, 0] == pytest.approx(0.9 + 0.02)
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert soft_cross_entropy(logits, targets) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mixup_row_mixes_each_image_with_its_mirror() -> None:
+    x, targets = torch.rand(4, 3, 8, 8), smoothed_targets(torch.tensor([0, 1, 2, 3]), 4, 0.0)
+    params = torch.tensor([0.7, 0.0, 0.0, 0.0, 0.0, 0.0])
+    mixed, mixed_targets = Mixer.apply(x, targets, params)
+    assert torch.allclose(mixed, 0.7 * x + 0.3 * x.flip(0))
+    assert torch.allclose(mixed_targets[0], torch.tensor([0.7, 0.0, 0.0, 0.3]))
+
+
+def test_cutmix_row_pastes_the_mirror_inside_the_box_and_weights_targets_by_area() -> None:
+    x, targets = torch.rand(2, 3, 8, 8), smoothed_targets(torch.tensor([0, 1]), 2, 0.0)
+    params = torch.tensor([0.0, 1.0, 0.25, 0.75, 0.0, 0.5])  # rows 2-5, columns 0-3: a quarter of the image
+    mixed, mixed_targets = Mixer.apply(x, targets, params)
+    assert torch.equal(mixed[:, :, 2:6, 0:4], x.flip(0)[:, :, 2:6, 0:4])
+    assert torch.equal(mixed[:, :, :2], x[:, :, :2]) and torch.equal(mixed[:, :, :, 4:], x[:, :, :, 4:])
+    assert torch.allclose(mixed_targets[0], torch.tensor([0.75, 0.25]))
+
+
+def test_mixer_draws_are_a_function_of_seed_and_epoch() -> None:
+    mixer = Mixer(0.2, 1.0, seed=3)
+    a, b = mixer.epoch_params(5, 40), mixer.epoch_params(5, 40)
+    assert torch.equal(a, b) and not torch.equal(a, mixer.epoch_params(6, 40))
+    assert set(a[:, 1].tolist()) == {0.0, 1.0}  # both mixup and cutmix steps
+    cut = a[a[:, 1] == 1]
+    assert bool(((cut[:, 2] <= cut[:, 3]) & (cut[:, 4] <= cut[:, 5])).all())
+    assert bool(((a[:, 0] >= 0) & (a[:, 0] <= 1)).all())
+    with pytest.raises(ValueError):
+        Mixer(0.0, 0.0, seed=0)
+
+
+def test_ema_update_is_the_ramped_average() -> None:
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEma(model, decay=0.999)
+    start = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    decay = min(0.999, 2 / 11)
+    assert torch.allclose(ema.module.weight, decay * start + (1 - decay) * model.weight)
+    assert ema.updates == 1
+
+
+def test_graphs_refused_with_a_reason_where_impossible() -> None:
+    assert "not on a CUDA device" in TrainStep.graphs_possible(
+        torch.device("cpu"), distributed=False, scaler_enabled=False
+    )
+    assert "several processes" in TrainStep.graphs_possible(
+        torch.device("cuda"), distributed=True, scaler_enabled=False
+    )
+    assert "fp16" in TrainStep.graphs_possible(torch.device("cuda"), distributed=False, scaler_enabled=True)
+    assert TrainStep.graphs_possible(torch.device("cuda"), distributed=False, scaler_enabled=False) is None
+    model = create_model("mobilevit_xxs", num_classes=5)
+    with pytest.raises(ValueError, match="not on a CUDA device"):
+        TrainStep(
+            model,
+            model,
+            torch.optim.AdamW(model.parameters()),
+            materialize=lambda b: (b.tensors["x"], b.tensors["y"]),
+            num_classes=5,
+            label_smoothing=0.0,
+            mixer=None,
+            clip_grad=0.0,
+            ema=None,
+            amp_dtype=None,
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            memory_format=torch.contiguous_format,
+            device=torch.device("cpu"),
+            cuda_graphs=True,
+        )
