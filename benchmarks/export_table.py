@@ -46,7 +46,12 @@ from mobilevit_torch.export.parity import compare  # noqa: E402
 from mobilevit_torch.export.runtime import builtin_operators, open_runner  # noqa: E402
 from mobilevit_torch.export.source import load_model, resolve_source  # noqa: E402
 from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, export_onnx  # noqa: E402
-from mobilevit_torch.export.to_tflite import PRECISIONS, convert_onnx_to_tflite, onnx2tf_sample  # noqa: E402
+from mobilevit_torch.export.to_tflite import (  # noqa: E402
+    PRECISIONS,
+    convert_onnx_to_tflite,
+    export_tflite_onnx,
+    onnx2tf_sample,
+)
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     export_onnx(model, onnx_file, img_size=pre.input_size, opset=args.opset)
     onnx_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="mobilevit_table_") as tmp:
-        static = export_onnx(model, Path(tmp) / "model.onnx", img_size=pre.input_size, opset=args.opset)
+        static = export_tflite_onnx(model, Path(tmp) / "model.onnx", img_size=pre.input_size, opset=args.opset)
         info = convert_onnx_to_tflite(
             static,
             tflite_files,

@@ -16,8 +16,7 @@ from mobilevit_torch.export import export_model, open_runner
 from mobilevit_torch.export.images import load_images, pick_images
 from mobilevit_torch.export.runtime import builtin_operators
 from mobilevit_torch.export.tflite_fp16 import candidates, choose_float16, logits_on
-from mobilevit_torch.export.to_onnx import export_onnx
-from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, onnx2tf_sample
+from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, export_tflite_onnx, onnx2tf_sample
 from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
 from tests.conftest import randomize_norms
 from tests.test_export import CLASSES, make_checkpoint, make_folder
@@ -60,6 +59,8 @@ def test_tflite_fp32_xxs_matches_pytorch(tmp_path: Path) -> None:
     ops = meta["converter"]["tflite_ops"]
     assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= set(ops)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    # every LayerNorm as one L2_NORMALIZATION (l2_layernorm.py), none as TensorFlow's variance ops
+    assert ops["L2_NORMALIZATION"] == 21 and "SQUARED_DIFFERENCE" not in ops and "RSQRT" not in ops
     assert meta["converter"]["onnx2tf"] == "1.29.24"
 
     # The app's view: NHWC in, logits out, against PyTorch's NCHW on another input.
@@ -86,7 +87,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     picked = pick_images(folder, calib_images=12, check_images=6)
     calibration, _ = load_images(picked.calibration, pre)
     check, _ = load_images(picked.check, pre)
-    onnx_path = export_onnx(model, tmp_path / "tiny.onnx", img_size=64)
+    onnx_path = export_tflite_onnx(model, tmp_path / "tiny.onnx", img_size=64)
     outputs = {p: tmp_path / f"tiny_{p}.tflite" for p in ("fp32", "fp16", "int8_dynamic", "int8_mixed", "int8")}
     calibration = calibration.permute(0, 2, 3, 1).numpy()  # [N, 3, S, S] -> [N, S, S, 3]
     info = convert_onnx_to_tflite(onnx_path, outputs, sample=onnx2tf_sample(check), calibration=calibration)
@@ -102,7 +103,8 @@ def test_tflite_quantized_tiny(tiny_export: dict) -> None:
     sizes = {p: f.stat().st_size for p, f in outputs.items()}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"] and sizes["int8_dynamic"] < sizes["fp16"]
     for precision, file in outputs.items():
-        builtin_operators(file)  # raises on a Flex or custom op
+        ops = builtin_operators(file)  # raises on a Flex or custom op
+        assert ops["L2_NORMALIZATION"] == 6 and "SQUARED_DIFFERENCE" not in ops, precision  # the 6 LayerNorms
         runner = open_runner(file)
         logits = runner(check.numpy())
         assert logits.shape == reference.shape and np.isfinite(logits).all()
@@ -115,10 +117,20 @@ def test_tflite_quantized_tiny(tiny_export: dict) -> None:
     assert open_runner(outputs["int8_mixed"]).describe()["input"]["dtype"] == "float32"
     mixed = builtin_operators(outputs["int8_mixed"])
     assert {"QUANTIZE", "DEQUANTIZE", "SOFTMAX", "BATCH_MATMUL", "CONV_2D"} <= set(mixed)
+    assert l2_norm_dtypes(outputs["int8_mixed"]) == {"float32"} and l2_norm_dtypes(outputs["int8"]) == {"int8"}
     assert open_runner(outputs["int8_dynamic"]).describe()["input"]["dtype"] == "float32"
     report = info["fp16_weights"]
     assert report["probe_images"] == len(tiny_export["calibration"])
     assert report["probe_max_abs_diff_vs_fp32"] <= report["budget"] == 2.5e-3
+
+
+def l2_norm_dtypes(path: Path) -> set[str]:
+    """The input dtypes of the L2_NORMALIZATION ops (the LayerNorms) in a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    return {dtypes[op["inputs"][0]] for op in interpreter._get_ops_details() if op["op_name"] == "L2_NORMALIZATION"}
 
 
 def test_fp16_weight_choice(tiny_export: dict) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from mobilevit_torch.export.errors import ONNX_MODULES, TFLITE_MODULES, ExportError
 from mobilevit_torch.export.to_onnx import export_onnx
 from mobilevit_torch.export.to_tflite import PRECISIONS as TFLITE_PRECISIONS
-from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, onnx2tf_sample
+from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, export_tflite_onnx, onnx2tf_sample
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _write_onnx(job: ExportJob) -> dict[str, Any]:
 
 def _write_tflite(job: ExportJob) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mobilevit_onnx_") as tmp:
-        onnx_path = export_onnx(job.model, Path(tmp) / "model.onnx", img_size=job.img_size, opset=job.opset)
+        onnx_path = export_tflite_onnx(job.model, Path(tmp) / "model.onnx", img_size=job.img_size, opset=job.opset)
         images = job.calibration
         if images is None and job.precision == "fp16":
             images = job.sample  # no folder given: fp16's weights are chosen on the check inputs
@@ -59,6 +59,7 @@ def _write_tflite(job: ExportJob) -> dict[str, Any]:
         )
     return {
         "exporter": "torch.onnx.export (dynamo) -> onnx2tf (SavedModel) -> TFLiteConverter (builtin ops only)",
+        "layernorm": "L2_NORMALIZATION (mobilevit_torch/export/l2_layernorm.py)",
         "torch": torch.__version__,
         "opset": job.opset,
         **info,

@@ -1,5 +1,9 @@
 """The converter: ONNX -> TFLite through onnx2tf, offline, builtin ops only.
 
+The ONNX file it starts from is written by :func:`export_tflite_onnx`: the model with every LayerNorm
+written as an L2 normalisation (``l2_layernorm.py``; exact in float, and TFLite's int8
+L2_NORMALIZATION kernel keeps full-integer int8 accurate where TensorFlow's own LayerNorm ops lose it).
+
 The conversion runs in a child process (``tflite_worker.py``) in a private working folder:
 
 * **No network, ever.** onnx2tf downloads a sample-image file for image models whenever it is not
@@ -32,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mobilevit_torch.export.errors import (
     TFLITE_MODULES,
@@ -41,8 +45,10 @@ from mobilevit_torch.export.errors import (
     onnxsim_executable,
     require_modules,
 )
+from mobilevit_torch.export.l2_layernorm import with_l2_layernorms
 from mobilevit_torch.export.parity import TOLERANCES
 from mobilevit_torch.export.tflite_fp16 import choose_float16
+from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, export_onnx
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -80,6 +86,16 @@ socket.socket.connect_ex = _local_only(_connect_ex)
 socket.create_connection = _refuse
 socket.getaddrinfo = _refuse
 '''
+
+
+def export_tflite_onnx(model: nn.Module, path: Path, *, img_size: int, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the static-shape ONNX file that every TFLite precision is converted from.
+
+    A copy of ``model`` with each ``nn.LayerNorm`` replaced by its exact L2-normalisation form
+    (:class:`~mobilevit_torch.export.l2_layernorm.L2LayerNorm`), which TensorFlow's converter turns
+    into the builtin L2_NORMALIZATION op; ``model`` itself is left as it is.
+    """
+    return export_onnx(with_l2_layernorms(model), path, img_size=img_size, opset=opset)
 
 
 def onnx2tf_sample(images: Tensor) -> np.ndarray:
