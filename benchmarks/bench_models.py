@@ -204,6 +204,7 @@ class Case:
     warmup_s: float | None = None
     peak_mib: float | None = None
     samples_s: list[float] = field(default_factory=list)  # seconds per iteration, one per timed block
+    faults: list[float] = field(default_factory=list)  # CPU: minor page faults per iteration, one per block
     mem_base: int = 0
 
     @property
@@ -323,6 +324,15 @@ def train_py_step(model: nn.Module, case: Case, x: Tensor, y: Tensor) -> Callabl
     return run
 
 
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (None where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_block(step: Callable[[], None], iters: int, device: str, clock: Callable[[], float]) -> float:
     """Seconds per iteration over one block of ``iters`` back-to-back iterations."""
     if device == "cuda":
@@ -400,7 +410,12 @@ def run_group(cases: list[Case], args: argparse.Namespace, plan: Plan, deadline:
                     if case.step is None:
                         continue
                     try:
+                        faults = minor_faults() if interleave else None
                         case.samples_s.append(time_block(case.step, plan.iters, case.device, clock))
+                        if faults is not None:
+                            # Fresh activation memory the kernel maps in on first touch: a CPU cost
+                            # that depends on the allocator as much as on the model (see NOTES.md).
+                            case.faults.append((minor_faults() - faults) / plan.iters)
                     except Exception as error:
                         case.status, case.step = failure(error), None
         finally:
@@ -425,6 +440,8 @@ def describe(case: Case) -> str:
     v = value(case)
     unit = "ms" if case.phase == "latency" else "img/s"
     text = f"{v:,.1f} {unit}" if v is not None else case.status
+    if case.faults:
+        text += f", {statistics.median(case.faults):,.0f} page faults/iter"
     if case.warmup_s is not None:
         text += f" (warm-up {case.warmup_s:.1f} s)"
     return text
@@ -448,7 +465,7 @@ def markdown_table(cases: list[Case], device: str) -> str:
     for phase in phases:
         batch = next(c.batch for c in rows if c.phase == phase)
         if phase == "latency":
-            header += [f"latency b{batch} ms", "/ timm"]
+            header += [f"latency b{batch} ms", "/ timm", "page faults"]
         else:
             header += [f"{phase} b{batch} img/s", "x timm"]
     if device == "cuda":
@@ -468,6 +485,8 @@ def markdown_table(cases: list[Case], device: str) -> str:
                 cells += [case.status.split(":")[0], ""]
             else:
                 cells += [f"{v:,.1f}", f"{r:.2f}" if r is not None else ""]
+            if phase == "latency":
+                cells.append(f"{statistics.median(case.faults):,.0f}" if case and case.faults else "")
         if device == "cuda":
             cells += [f"{mine[p].peak_mib:,.0f}" if p in mine and mine[p].peak_mib else "—" for p in phases]
         lines.append("| " + " | ".join(cells) + " |")
@@ -726,6 +745,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "min_s": min(c.samples_s) if c.samples_s else None,
             "warmup_s": c.warmup_s,
             "peak_mib": c.peak_mib,
+            "page_faults_per_iter": statistics.median(c.faults) if c.faults else None,
         }
         for c in cases
     ]

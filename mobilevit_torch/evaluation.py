@@ -7,9 +7,10 @@ image) raised as a short error that names the path, never a traceback from deep 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
 from mobilevit_torch.data.images import BadImageError, load_rgb
 from mobilevit_torch.data.transforms import eval_transform
+from mobilevit_torch.models.fuse import fuse_for_inference, is_fused
 from mobilevit_torch.registry import UnknownModelError, create_model
 from mobilevit_torch.training.checkpoint import CheckpointError, read_checkpoint
 from mobilevit_torch.training.metrics import accuracy_from_confusion, confusion_matrix, per_class_accuracy, topk_correct
@@ -133,7 +135,7 @@ def evaluate_folder(
     may hold any subset of the training classes; a folder the model does not know is an error.
     Images get the model's own evaluation preprocessing (``model.preprocessing``). A file that
     cannot be decoded is skipped with one warning and listed in ``EvalResult.skipped``.
-    The model is moved to ``device``; its train/eval mode is restored afterwards.
+    The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
     class_names = _class_names(model, required=True)
     num_classes = len(class_names)
@@ -154,33 +156,27 @@ def evaluate_folder(
         collate_fn=_collate_readable,
         pin_memory=device.type == "cuda",
     )
-    was_training = model.training
-    # Moved outside inference mode: parameters created inside it could never be trained again.
-    model.to(device).eval()
     preds: list[Tensor] = []
     targets: list[Tensor] = []
     top5_hits = torch.zeros((), dtype=torch.long, device=device)
     skipped: list[tuple[str, str]] = []
-    try:
-        with torch.inference_mode():
-            for images, labels, unreadable in tqdm(
-                loader, desc=f"evaluating {root.name}", unit="batch", disable=not progress, leave=False
-            ):
-                for path, reason in unreadable:
-                    logger.warning("skipping unreadable image %s: %s", path, reason)
-                    skipped.append((path, reason))
-                if images is None:
-                    continue
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                logits = model(images)
-                # Predictions stay on the device; the one read-back happens in confusion_matrix below.
-                preds.append(logits.argmax(dim=1))
-                targets.append(labels)
-                if num_classes >= 5:
-                    top5_hits += topk_correct(logits, labels, 5)
-    finally:
-        model.train(was_training)
+    with inference_model(model, device) as runner, torch.inference_mode():
+        for images, labels, unreadable in tqdm(
+            loader, desc=f"evaluating {root.name}", unit="batch", disable=not progress, leave=False
+        ):
+            for path, reason in unreadable:
+                logger.warning("skipping unreadable image %s: %s", path, reason)
+                skipped.append((path, reason))
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            logits = runner(images)
+            # Predictions stay on the device; the one read-back happens in confusion_matrix below.
+            preds.append(logits.argmax(dim=1))
+            targets.append(labels)
+            if num_classes >= 5:
+                top5_hits += topk_correct(logits, labels, 5)
 
     if not preds:
         raise EvaluationError(f"none of the {len(samples)} image files under {root} could be read")
@@ -213,6 +209,7 @@ def predict_images(
     (:class:`~mobilevit_torch.data.images.BadImageError`), not a skip that would shift every later
     answer. All paths are checked for existence before any work. ``topk`` is capped at the number
     of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
+    The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
     if topk < 1:
         raise EvaluationError(f"topk must be at least 1, got {topk}")
@@ -225,21 +222,38 @@ def predict_images(
     device = resolve_device(device)
     transform = eval_transform(model.preprocessing)
 
+    results: list[list[tuple[str, float]]] = []
+    with inference_model(model, device) as runner, torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = torch.stack([transform(load_rgb(path)) for path in chunk]).to(device)
+            probs = runner(images).float().softmax(dim=1)  # [B, C]
+            top = probs.topk(min(topk, probs.shape[1]), dim=1)
+            for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                results.append([(names[i] if names else str(i), p) for i, p in zip(indices, values, strict=True)])
+    return results
+
+
+@contextlib.contextmanager
+def inference_model(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` as inference should run it: in eval mode on ``device``, BatchNorm folded into the convolutions.
+
+    Folding (:func:`~mobilevit_torch.models.fuse_for_inference`) works on a copy, so ``model`` itself
+    is left as it was. The copy costs about two batch-1 forwards of XXS on a CPU (~40 ms) and then
+    takes about a quarter off every forward (``benchmarks/NOTES.md``). A model that is already fused
+    is used as it is (moved to ``device``, its train/eval mode restored afterwards), so a caller
+    classifying images one call at a time can fuse once and pass the fused model.
+    """
+    if not is_fused(model):
+        # Copied outside inference mode: tensors created inside it could never be trained again.
+        yield fuse_for_inference(model).to(device)
+        return
     was_training = model.training
     model.to(device).eval()
-    results: list[list[tuple[str, float]]] = []
     try:
-        with torch.inference_mode():
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start : start + batch_size]
-                images = torch.stack([transform(load_rgb(path)) for path in chunk]).to(device)
-                probs = model(images).float().softmax(dim=1)  # [B, C]
-                top = probs.topk(min(topk, probs.shape[1]), dim=1)
-                for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                    results.append([(names[i] if names else str(i), p) for i, p in zip(indices, values, strict=True)])
+        yield model
     finally:
         model.train(was_training)
-    return results
 
 
 class _ImageSamples(Dataset):

@@ -26,6 +26,7 @@ from mobilevit_torch.evaluation import (
     load_model_from_checkpoint,
     predict_images,
 )
+from mobilevit_torch.models import fuse_for_inference, is_fused
 from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
 from tests.conftest import REPO
 
@@ -221,6 +222,50 @@ def test_predict_images_ranks_classes_by_probability(setup: dict, tmp_path: Path
         predict_images(model, [paths[0], tmp_path / "missing.jpg"])
     with pytest.raises(EvaluationError, match="topk"):
         predict_images(model, paths, topk=0)
+
+
+def test_inference_runs_a_fused_copy_and_leaves_the_model_as_it_was(
+    setup: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = setup["model"].train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    paths = sorted(setup["folder"].rglob("*.*"))
+    expected = predict_images(fuse_for_inference(model), paths, topk=3)
+    norms = 0
+
+    def counting_batch_norm(*args: object, **kwargs: object) -> torch.Tensor:
+        nonlocal norms
+        norms += 1
+        return real_batch_norm(*args, **kwargs)
+
+    real_batch_norm = torch.nn.functional.batch_norm
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", counting_batch_norm)
+    try:
+        predictions = predict_images(model, paths, topk=3)
+        result = evaluate_folder(model, setup["folder"], num_workers=0, progress=False)
+        assert norms == 0, "inference ran BatchNorm: the folded copy was not used"
+        # Same ranking as the fused model; probabilities equal to float32 rounding.
+        assert [[n for n, _ in r] for r in predictions] == [[n for n, _ in r] for r in expected]
+        for got, want in zip(predictions, expected, strict=True):
+            assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-6)
+        assert result.confusion.tolist() == _direct_confusion(model.eval(), setup["folder"])[0]
+        assert norms > 0  # the reference above ran the unfused model
+    finally:
+        model.eval()
+    # The caller's model: not folded, same weights and statistics, mode and trainability unchanged.
+    model.train()
+    predict_images(model, paths[:1])
+    assert model.training and not is_fused(model)
+    assert all(p.requires_grad for p in model.parameters())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    model.eval()
+
+    # An already fused model is used as it is, and its mode restored.
+    fused = fuse_for_inference(model).train()
+    assert is_fused(fused)
+    assert predict_images(fused, paths, topk=3) == expected
+    assert fused.training
 
 
 def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Tier 3: the MobileViT network, its variant table and registered builders."""
 
-from mobilevit_torch.models.fuse import fuse_for_inference
+from mobilevit_torch.models.fuse import fuse_for_inference, is_fused
 from mobilevit_torch.models.mobilevit import MobileViT, mobilevit_s, mobilevit_xs, mobilevit_xxs
 from mobilevit_torch.models.variants import VARIANTS, MobileViTConfig, StageSpec
 
@@ -10,6 +10,7 @@ __all__ = [
     "MobileViTConfig",
     "StageSpec",
     "fuse_for_inference",
+    "is_fused",
     "mobilevit_s",
     "mobilevit_xs",
     "mobilevit_xxs",

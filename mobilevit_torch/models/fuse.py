@@ -41,3 +41,8 @@ def fuse_for_inference(model: ModuleT, *, channels_last: bool = True) -> ModuleT
     if channels_last:
         fused.to(memory_format=torch.channels_last)
     return fused
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether ``model`` has no BatchNorm left to fold (e.g. it came from :func:`fuse_for_inference`)."""
+    return not any(isinstance(m, ConvNormAct) and not m.is_fused for m in model.modules())

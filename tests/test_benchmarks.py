@@ -1,0 +1,56 @@
+"""The side-by-side benchmark (benchmarks/bench_models.py) runs end to end on the CPU and reports what README quotes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _bench_models(monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "benchmarks" / "bench_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_models", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_models_cpu_table_json_and_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("timm")
+    bench = _bench_models(monkeypatch)
+    args = [
+        "--device", "cpu", "--quick", "--img-size", "64", "--cpu-batch", "2",
+        "--impl", "ours,ours-fused,timm", "--cpu-modes", "fp32,fp32+recipe", "--phases", "train,infer,latency",
+        "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md"),
+    ]  # fmt: skip
+    report = bench.main(args)
+
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["headline"] == report["headline"]
+    results = {(r["impl"], r["mode"], r["phase"]): r for r in saved["results"]}
+    for impl in ("ours", "timm"):
+        for phase in ("train", "infer", "latency"):
+            row = results[(impl, "fp32", phase)]
+            assert row["status"] == "ok" and row["value"] > 0, row
+            assert len(row["samples_s"]) >= 2
+    # train.py's step (TrainStep with mixup, clipping, EMA) runs on the CPU too.
+    recipe = results[("ours", "fp32+recipe", "train")]
+    assert recipe["status"] == "ok" and recipe["value"] > 0
+    # The folded model has no training row; its latency and throughput are ratios against timm's.
+    assert ("ours-fused", "fp32", "train") not in results
+    fused = results[("ours-fused", "fp32", "latency")]
+    timm_latency = results[("timm", "fp32", "latency")]["value"]
+    assert fused["ratio_vs_timm"] == pytest.approx(fused["value"] / timm_latency)
+    assert fused["page_faults_per_iter"] is None or fused["page_faults_per_iter"] >= 0
+
+    table = (tmp_path / "bench.md").read_text()
+    assert "| impl | mode |" in table and "latency b1 ms" in table and "| ours-fused | fp32 |" in table
+    assert "cpu latency eager vs eager" in capsys.readouterr().out
