@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mobilevit_torch.cli import non_negative_int, one_line, positive_int
+from mobilevit_torch.cli import keep_freed_memory, non_negative_int, one_line, positive_int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
     # Imported after parsing so --help answers without loading torch.
     from tqdm.contrib.logging import logging_redirect_tqdm
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mobilevit_torch.cli import one_line, positive_int
+from mobilevit_torch.cli import keep_freed_memory, one_line, positive_int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
     # Imported after parsing so --help answers without loading torch.
     from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device
 

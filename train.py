@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mobilevit_torch.cli import user_errors
+from mobilevit_torch.cli import keep_freed_memory, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -22,6 +22,7 @@ def main(cfg: DictConfig) -> float | None:
     from mobilevit_torch.training.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("mobilevit_torch").info("memory: %s", keep_freed_memory())
     config = config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate().check_paths()
     summary = train(config, HydraConfig.get().runtime.output_dir)
     return summary.get("best_val_acc")

@@ -1,0 +1,71 @@
+"""keep_freed_memory: the entry points' malloc setting, checked in fresh processes (it is process-wide)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+# Allocates and frees a 64 MiB tensor (writing it) 15 times and reports the page faults of the
+# last 9 (the heap settles in the first few); glibc's default returns such a block to the kernel
+# on every free.
+PROBE = """
+import json, resource, sys, torch
+from mobilevit_torch.cli import keep_freed_memory
+said = keep_freed_memory() if sys.argv[1] == "tune" else "untouched"
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):
+    torch.ones(16 * 2**20)
+before = faults()
+for _ in range(9):
+    torch.ones(16 * 2**20)
+print(json.dumps({"said": said, "faults": (faults() - before) / 9}))
+"""
+
+
+def _glibc() -> bool:
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _probe(mode: str, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    clean.pop("MOBILEVIT_KEEP_FREED_MEMORY", None)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc malloc only")
+def test_freed_activation_memory_is_reused_without_page_faults() -> None:
+    default = _probe("plain")
+    tuned = _probe("tune")
+    # 64 MiB is 16,384 pages of 4 KiB: each fresh allocation faults them in again by default.
+    assert default["faults"] > 10_000, default
+    assert tuned["faults"] < 100, tuned
+    assert "keeps freed memory" in tuned["said"]
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc malloc only")
+def test_user_settings_win() -> None:
+    opted_out = _probe("tune", MOBILEVIT_KEEP_FREED_MEMORY="0")
+    assert "left alone" in opted_out["said"] and opted_out["faults"] > 10_000
+    own = _probe("tune", MALLOC_ARENA_MAX="2")
+    assert "tuned by MALLOC_" in own["said"] and own["faults"] > 10_000
