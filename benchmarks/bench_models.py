@@ -54,6 +54,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 
 import mobilevit_torch as mvt  # noqa: E402
 from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches  # noqa: E402
+from mobilevit_torch.cli import keep_freed_memory  # noqa: E402
 from mobilevit_torch.graphed import GraphedForward  # noqa: E402
 from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
@@ -661,6 +662,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", default="off", choices=("off", "default"), help="off: no dropout in any impl")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds; later cases are skipped after it")
     parser.add_argument("--sdpa-report", action="store_true", help="probe which SDPA kernels take the head dims")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="set glibc malloc as train.py/evaluate.py/predict.py do (no page faults from re-mapped activations)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     return parser.parse_args(argv)
@@ -679,6 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if impl not in IMPLS:
             raise SystemExit(f"unknown --impl {impl!r}; choose from {', '.join(IMPLS)}")
     compile_impls = set(impls if args.compile_impls is None else args.compile_impls.split(","))
+    if args.keep_freed_memory:
+        print(f"memory: {keep_freed_memory()}", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
