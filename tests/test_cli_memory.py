@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,16 @@ def _glibc() -> bool:
     return True
 
 
+def _fresh_map_faults() -> int:
+    """Fewest faults a fresh 64 MiB map takes: 16,384 small pages, or 32 huge ones where the kernel
+    backs every large anonymous map with transparent huge pages."""
+    try:
+        always = "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        always = False
+    return 30 if always else 10_000
+
+
 def _probe(mode: str, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     clean.pop("MOBILEVIT_KEEP_FREED_MEMORY", None)
@@ -58,14 +69,14 @@ def test_freed_activation_memory_is_reused_without_page_faults() -> None:
     default = _probe("plain")
     tuned = _probe("tune")
     # 64 MiB is 16,384 pages of 4 KiB: each fresh allocation faults them in again by default.
-    assert default["faults"] > 10_000, default
-    assert tuned["faults"] < 100, tuned
+    assert default["faults"] > _fresh_map_faults(), default
+    assert tuned["faults"] < min(100, default["faults"] / 10), tuned
     assert "keeps freed memory" in tuned["said"]
 
 
 @pytest.mark.skipif(not _glibc(), reason="glibc malloc only")
 def test_user_settings_win() -> None:
     opted_out = _probe("tune", MOBILEVIT_KEEP_FREED_MEMORY="0")
-    assert "left alone" in opted_out["said"] and opted_out["faults"] > 10_000
+    assert "left alone" in opted_out["said"] and opted_out["faults"] > _fresh_map_faults()
     own = _probe("tune", MALLOC_ARENA_MAX="2")
-    assert "tuned by MALLOC_" in own["said"] and own["faults"] > 10_000
+    assert "tuned by MALLOC_" in own["said"] and own["faults"] > _fresh_map_faults()
