@@ -6,7 +6,9 @@ One run measures, for every implementation x mode:
   infer    img/s of ``torch.inference_mode`` forward passes, batch ``--batch``
   latency  ms per batch-1 inference (CPU only: on a GPU batch 1 measures launch overhead, not the model)
 
-and, on CUDA, the peak memory of each (weights, gradients, optimizer state, input and activations).
+and the peak memory of each (weights, gradients, optimizer state, input and activations): on CUDA the
+allocator's own count, on the CPU the bytes the case holds after warm-up (glibc's count of allocated
+heap) plus the peak of one profiled step's allocations above that.
 Modes combine ``fp32``/``bf16`` (autocast), ``cl`` (channels_last input and weights) and
 ``compile`` / ``compile:<mode>`` (``torch.compile``, e.g. ``compile:max-autotune`` for CUDA graphs plus
 autotuning). ``ours-fused`` is this package's model after ``fuse_for_inference`` (BatchNorm folded,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import gc
 import itertools
@@ -76,7 +79,7 @@ HF_CONFIGS: dict[str, dict[str, Any]] = {
     "xs": dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
     "s": dict(hidden_sizes=[144, 192, 240], neck_hidden_sizes=[16, 32, 64, 96, 128, 160, 640]),
 }
-DEFAULT_MODES = {"cuda": "fp32,bf16,bf16+cl,bf16+cl+compile", "cpu": "fp32,fp32+cl"}
+DEFAULT_MODES = {"cuda": "fp32,bf16,bf16+cl,bf16+cl+compile", "cpu": "fp32,fp32+cl,bf16+cl,fp32+cl+compile"}
 
 
 @dataclass(frozen=True)
@@ -356,12 +359,15 @@ def failure(error: BaseException) -> str:
 
 
 def prepare(case: Case, args: argparse.Namespace, plan: Plan) -> None:
-    """Build and warm up (compiling, autotuning, capturing graphs); record peak memory on CUDA."""
+    """Build and warm up (compiling, autotuning, capturing graphs); record the peak memory of one more step."""
     cuda = case.device == "cuda"
     try:
         if cuda:
             torch.cuda.synchronize()
             case.mem_base = torch.cuda.memory_allocated()
+        else:
+            gc.collect()
+            case.mem_base = heap_allocated() or 0
         begin = time.perf_counter()
         case.step = build_step(case, args)
         for _ in range(plan.warmup):
@@ -374,9 +380,58 @@ def prepare(case: Case, args: argparse.Namespace, plan: Plan) -> None:
             case.step()
             torch.cuda.synchronize()
             case.peak_mib = (torch.cuda.max_memory_allocated() - case.mem_base) / 2**20
+        else:
+            held = heap_allocated()
+            step_peak = step_peak_bytes(case.step)
+            if held is not None and step_peak is not None:
+                case.peak_mib = (held - case.mem_base + step_peak) / 2**20
     except Exception as error:  # a failing implementation or compile mode is recorded, not fatal
         case.status, case.step = failure(error), None
         print(f"  {case.label}: {case.status}", flush=True)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def heap_allocated() -> int | None:
+    """Bytes malloc has handed out and not got back (glibc's ``mallinfo2``: heap plus mmapped blocks).
+
+    PyTorch's CPU tensors come from malloc, so the difference across building a case is what the case
+    holds: weights, optimizer state, inputs, caches (compiled code adds a little). None off glibc."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc older than 2.33
+        return None
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def step_peak_bytes(step: Callable[[], None]) -> int | None:
+    """The most bytes one call of ``step`` has allocated at any moment above what it started with.
+
+    Read from the profiler's memory events (every CPU tensor allocation and free, in order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = sorted(
+            (event.start_ns(), event.nbytes())
+            for event in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+            if event.name() == "[memory]" and event.device_type() == torch._C._autograd.DeviceType.CPU
+        )
+    except Exception:  # the profiler's raw events are not public API: the column is optional
+        return None
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
 
 
 def release(cases: list[Case]) -> None:
@@ -469,8 +524,7 @@ def markdown_table(cases: list[Case], device: str) -> str:
             header += [f"latency b{batch} ms", "/ timm", "page faults"]
         else:
             header += [f"{phase} b{batch} img/s", "x timm"]
-    if device == "cuda":
-        header += [f"{p} peak MiB" for p in phases]
+    header += [f"{p} peak MiB" for p in phases]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = list(dict.fromkeys((c.mode.name, c.impl) for c in rows))
     for mode_name, impl in keys:
@@ -488,8 +542,7 @@ def markdown_table(cases: list[Case], device: str) -> str:
                 cells += [f"{v:,.1f}", f"{r:.2f}" if r is not None else ""]
             if phase == "latency":
                 cells.append(f"{statistics.median(case.faults):,.0f}" if case and case.faults else "")
-        if device == "cuda":
-            cells += [f"{mine[p].peak_mib:,.0f}" if p in mine and mine[p].peak_mib else "—" for p in phases]
+        cells += [f"{mine[p].peak_mib:,.0f}" if p in mine and mine[p].peak_mib else "—" for p in phases]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
