@@ -31,7 +31,7 @@ from mobilevit_torch.data.folder import DataError, DatasetSplit, make_split
 from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training import pipeline
-from mobilevit_torch.training.checkpoint import load_checkpoint, model_payload, save_checkpoint, unwrap_model
+from mobilevit_torch.training.checkpoint import CheckpointWriter, load_checkpoint, model_payload, unwrap_model
 from mobilevit_torch.training.config import ConfigError, TrainConfig
 from mobilevit_torch.training.distributed import (
     DistInfo,
@@ -275,6 +275,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     eval_autocast = contextlib.nullcontext() if use_graphs else autocast
     best_confusion: Tensor | None = None
     epochs_this_run = 0
+    writer = CheckpointWriter()  # checkpoints are written in the background while training goes on
     try:
         for epoch in range(start_epoch, config.epochs):
             if start_step == 0:  # dropout draws: replayable from (seed, epoch)
@@ -320,9 +321,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 if stop_now:
                     barrier(info)
                     if info.is_main:
-                        save_checkpoint(
+                        writer.save(
                             run_dir / "last.pt", checkpoint(epoch, done, {k: v.item() for k, v in sums.items()})
                         )
+                        writer.wait()
                     raise TrainingInterrupted(
                         f"interrupted at epoch {epoch + 1}, step {done}: saved {run_dir / 'last.pt'}; "
                         f"continue with resume={run_dir / 'last.pt'}",
@@ -373,16 +375,16 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 assert run_log is not None
                 run_log.log_epoch(record)
                 logger.info(epoch_line(record, config.epochs))
-                save_checkpoint(run_dir / "last.pt", checkpoint(epoch + 1, 0, dict(carried)))
+                writer.save(run_dir / "last.pt", checkpoint(epoch + 1, 0, dict(carried)))
                 if improved_model or improved_ema:
                     best_model = ema.module if best["weights"] == "ema" and ema is not None else model
-                    save_checkpoint(
+                    writer.save(
                         run_dir / "best.pt",
                         {
                             **model_payload(best_model, class_names),
                             "epoch": epoch + 1,
                             "best": dict(best),
-                            "confusion": best_confusion.cpu(),
+                            "confusion": best_confusion,
                         },
                     )
             epochs_this_run += 1
@@ -394,9 +396,12 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 )
                 break
     finally:
-        stop.restore()
-        if run_log is not None:
-            run_log.close()
+        try:
+            writer.close()  # every checkpoint handed over is on disk before train() returns or raises
+        finally:
+            stop.restore()
+            if run_log is not None:
+                run_log.close()
 
     # ---- report ------------------------------------------------------------------------------
     loop_s = time.perf_counter() - loop_start
