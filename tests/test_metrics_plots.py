@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from mobilevit_torch.training.metrics import (
 )
 from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
 from mobilevit_torch.training.run_log import RunLogger
+from tests.conftest import REPO
 
 # (true, predicted): (0,0) (1,1) (1,2) (2,2) (2,1) (0,0) (0,2)
 PREDS = torch.tensor([0, 1, 2, 2, 1, 0, 2])
@@ -177,6 +181,25 @@ def test_run_logger_writes_csv_jsonl_and_tensorboard_with_header_union(tmp_path:
     assert "ema_val_acc" not in records[0] and records[3]["ema_val_acc"] is None
     assert _scalars(run, "val_acc") == [(0, 0.25), (1, 0.5), (2, 0.75), (3, pytest.approx(0.8))]
     assert _scalars(run, "ema_val_acc") == [(2, pytest.approx(0.7))]
+
+
+def test_tensorboard_logging_does_not_import_tensorflow(tmp_path: Path) -> None:
+    """TensorBoard would import TensorFlow (seconds) whenever it is installed; event files need none of it."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed here: there is nothing to keep out")
+    run = tmp_path / "run"
+    code = (
+        "import sys\n"
+        "from mobilevit_torch.training.run_log import RunLogger\n"
+        "with RunLogger(sys.argv[1]) as log:\n"
+        "    log.log_epoch({'epoch': 1, 'val_acc': 0.5})\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(run)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert _scalars(run, "val_acc") == [(1, 0.5)]
 
 
 def test_run_logger_resume_appends_and_replaces_redone_epochs(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import csv
 import json
 import logging
 import os
+import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,14 +120,27 @@ class RunLogger:
         if not self._tensorboard:
             return
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
             # purge_step hides events a previous (crashed or resumed) run wrote for these epochs.
-            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=record["epoch"])
+            self._writer = _summary_writer_class()(log_dir=str(self.tensorboard_dir), purge_step=record["epoch"])
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(key, value, global_step=record["epoch"])
         self._writer.flush()
+
+
+def _summary_writer_class() -> Any:
+    """torch's ``SummaryWriter``, without importing TensorFlow.
+
+    TensorBoard imports TensorFlow whenever it is installed (the ``export`` extra installs it), which
+    took 2.6-7.8 s of a training run here, although writing scalars to an event file needs none of
+    it. TensorBoard's own switch for its TensorFlow-free stub (its ``no_tensorflow`` build) is the
+    presence of the module ``tensorboard.compat.notf``; it is set only when TensorFlow is not loaded
+    already, and affects only TensorBoard's internal choice."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter
 
 
 def _plain(key: object, value: Any) -> Any:
