@@ -9,10 +9,14 @@ use (or copy) them before calling again.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 WARMUP_CALLS = 2  # uncaptured calls before a capture: cuDNN's algorithm choice, lazy initialisation
 
@@ -42,6 +46,7 @@ class GraphedForward:
         contiguous = x.is_contiguous()
         key = (tuple(x.shape), x.dtype, contiguous, x.device)
         if key not in self._graphs:
+            begin = time.perf_counter()
             static_x = x.clone(memory_format=torch.contiguous_format if contiguous else torch.channels_last)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -50,9 +55,16 @@ class GraphedForward:
                     self._forward(static_x)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph):  # synchronises on entry
+                warmed = time.perf_counter()
                 static_out = self._forward(static_x)
             self._graphs[key] = (graph, static_x, static_out)
+            logger.info(
+                "captured a forward pass as a CUDA graph (input %s): %.1f s of warm-up calls, %.1f s to capture",
+                "x".join(map(str, x.shape)),
+                warmed - begin,
+                time.perf_counter() - warmed,
+            )
         graph, static_x, static_out = self._graphs[key]
         static_x.copy_(x, non_blocking=True)
         graph.replay()

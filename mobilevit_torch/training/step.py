@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -159,6 +160,7 @@ class TrainStep:
         backup = [t.clone() for t in saved]
         missing = self._optimizer_params_without_state()
         ema_updates = self.ema.updates if self.ema is not None else 0
+        begin = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -166,7 +168,8 @@ class TrainStep:
                 self._update(static_batches, static_mixes)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # own memory pool per batch shape
+        with torch.cuda.graph(graph):  # own memory pool per batch shape; synchronises on entry
+            warmed = time.perf_counter()
             self._update(static_batches, static_mixes)
         # Undo the warm-up updates in place (the graph holds these very tensors).
         with torch.no_grad():
@@ -182,9 +185,12 @@ class TrainStep:
         if self.ema is not None:
             self.ema.updates = ema_updates
         logger.info(
-            "captured the training step as a CUDA graph (batch %s at %d px)",
+            "captured the training step as a CUDA graph (batch %s at %d px): %.1f s of warm-up updates "
+            "(cuDNN's algorithm search, compilation), %.1f s to capture",
             "+".join(str(len(next(iter(b.tensors.values())))) for b in batches),
             batches[0].size,
+            warmed - begin,
+            time.perf_counter() - warmed,
         )
         return graph, static_batches, static_mixes
 
