@@ -12,8 +12,10 @@ heap) plus the peak of one profiled step's allocations above that.
 Modes combine ``fp32``/``bf16`` (autocast), ``cl`` (channels_last input and weights) and
 ``compile`` / ``compile:<mode>`` (``torch.compile``, e.g. ``compile:max-autotune`` for CUDA graphs plus
 autotuning). ``ours-fused`` is this package's model after ``fuse_for_inference`` (BatchNorm folded,
-channels-last weights): it has no training row. ``ours-ref`` (not run unless asked for) is ours with
-the MobileViT block computed as Fig. 1b draws it, to measure the block's fast path. The table's
+channels-last weights; on the CPU its convolutions run as pre-packed oneDNN kernels with SiLU fused):
+it has no training row. Two A/B baselines run only when asked for: ``ours-ref`` is ours with the
+MobileViT block computed as Fig. 1b draws it (the block's fast path), ``ours-fused-ref`` is
+``ours-fused`` with PyTorch's own convolution op (the CPU kernels). The table's
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
@@ -59,6 +61,7 @@ import mobilevit_torch as mvt  # noqa: E402
 from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches  # noqa: E402
 from mobilevit_torch.cli import keep_freed_memory  # noqa: E402
 from mobilevit_torch.graphed import GraphedForward  # noqa: E402
+from mobilevit_torch.layers import ConvNormAct  # noqa: E402
 from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig  # noqa: E402
@@ -68,10 +71,10 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
-IMPLS = ("ours", "ours-ref", "ours-fused", "timm", "hf")
+IMPLS = ("ours", "ours-ref", "ours-fused", "ours-fused-ref", "timm", "hf")
 DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
 TRAINABLE = ("ours", "ours-ref", "timm", "hf")
-SHIPPED = ("ours", "ours-fused")  # what the package offers; ours-ref is only the A/B baseline
+SHIPPED = ("ours", "ours-fused")  # what the package offers; the -ref rows are only A/B baselines
 PHASES = ("train", "infer", "latency")
 # transformers' MobileViTConfig for each variant (the sizes its ml-cvnets conversion script uses).
 HF_CONFIGS: dict[str, dict[str, Any]] = {
@@ -175,8 +178,13 @@ def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
             if isinstance(module, MobileViTBlock):
                 module.forward = types.MethodType(reference_block_forward, module)
         return model
-    if impl == "ours-fused":
-        return fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
+    if impl in ("ours-fused", "ours-fused-ref"):
+        model = fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
+        if impl == "ours-fused-ref":
+            for module in model.modules():
+                if isinstance(module, ConvNormAct):
+                    module.onednn_kernel = False
+        return model
     if impl == "timm":
         import timm
 
@@ -564,21 +572,23 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
                 f"cuda train, train.py defaults [{train_py_mode}]: ours {value(case):,.1f} img/s / "
                 f"timm best compiled [{best.mode.name}] {value(best):,.1f} img/s = {value(case) / value(best):.2f}"  # type: ignore[operator]
             )
-    pairs = []
-    for case in cases:
-        ref = next(
-            (
-                c
-                for c in cases
-                if c.impl == "ours-ref" and (c.device, c.mode, c.phase) == (case.device, case.mode, case.phase)
-            ),
-            None,
-        )
-        if case.impl == "ours" and ref is not None and value(case) and value(ref):
-            r = value(case) / value(ref)  # type: ignore[operator]
-            pairs.append(f"{case.device} {case.phase} [{case.mode.name}] {r:.3f}")
-    if pairs:
-        lines.append("block fast path, ours / ours-ref (latency: lower is better): " + ", ".join(pairs))
+    ab_pairs = (("ours", "ours-ref", "block fast path"), ("ours-fused", "ours-fused-ref", "oneDNN kernels"))
+    for impl, baseline, what in ab_pairs:
+        pairs = []
+        for case in cases:
+            ref = next(
+                (
+                    c
+                    for c in cases
+                    if c.impl == baseline and (c.device, c.mode, c.phase) == (case.device, case.mode, case.phase)
+                ),
+                None,
+            )
+            if case.impl == impl and ref is not None and value(case) and value(ref):
+                r = value(case) / value(ref)  # type: ignore[operator]
+                pairs.append(f"{case.device} {case.phase} [{case.mode.name}] {r:.3f}")
+        if pairs:
+            lines.append(f"{what}, {impl} / {baseline} (latency: lower is better): " + ", ".join(pairs))
     for device in dict.fromkeys(c.device for c in cases):
         for phase in PHASES:
             rows = [c for c in cases if c.device == device and c.phase == phase and value(c) is not None]

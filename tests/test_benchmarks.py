@@ -28,7 +28,8 @@ def test_bench_models_cpu_table_json_and_ratios(
     bench = _bench_models(monkeypatch)
     args = [
         "--device", "cpu", "--quick", "--img-size", "64", "--cpu-batch", "2",
-        "--impl", "ours,ours-fused,timm", "--cpu-modes", "fp32,fp32+recipe", "--phases", "train,infer,latency",
+        "--impl", "ours,ours-fused,ours-fused-ref,timm",
+        "--cpu-modes", "fp32,fp32+recipe", "--phases", "train,infer,latency",
         "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md"),
     ]  # fmt: skip
     report = bench.main(args)
@@ -50,7 +51,17 @@ def test_bench_models_cpu_table_json_and_ratios(
     timm_latency = results[("timm", "fp32", "latency")]["value"]
     assert fused["ratio_vs_timm"] == pytest.approx(fused["value"] / timm_latency)
     assert fused["page_faults_per_iter"] is None or fused["page_faults_per_iter"] >= 0
+    # Peak memory on the CPU (glibc): a training step holds gradients, AdamW state and the activations
+    # autograd saves, far more than an inference forward; the folded model holds fewer maps.
+    if bench.heap_allocated() is not None:
+        peaks = {key: row["peak_mib"] for key, row in results.items()}
+        assert all(value is not None and value > 0 for value in peaks.values()), peaks
+        for impl in ("ours", "timm"):
+            assert peaks[(impl, "fp32", "train")] > 2 * peaks[(impl, "fp32", "infer")], peaks
 
     table = (tmp_path / "bench.md").read_text()
     assert "| impl | mode |" in table and "latency b1 ms" in table and "| ours-fused | fp32 |" in table
-    assert "cpu latency eager vs eager" in capsys.readouterr().out
+    assert "train peak MiB" in table
+    out = capsys.readouterr().out
+    assert "cpu latency eager vs eager" in out
+    assert "oneDNN kernels, ours-fused / ours-fused-ref" in out  # the A/B of the CPU kernels

@@ -31,6 +31,65 @@ def test_fused_model_matches_eval_model(name: str, channels_last: bool) -> None:
         assert diff <= 1e-5, f"{size}px: max abs diff {diff}"
 
 
+def _packed_units(model: nn.Module) -> list[ConvNormAct]:
+    return [m for m in model.modules() if isinstance(m, ConvNormAct) and len(m._packed) > 0]
+
+
+def _set_onednn_kernel(model: nn.Module, enabled: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, ConvNormAct):
+            module.onednn_kernel = enabled
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_folded_units_run_packed_onednn_kernels_on_the_cpu() -> None:
+    model = randomize_norms(create_model("mobilevit_xxs")).eval()
+    fused = fuse_for_inference(model)
+    plain = copy.deepcopy(fused)
+    _set_onednn_kernel(plain, False)
+    for shape, channels_last in (((1, 3, 256, 256), False), ((3, 3, 96, 128), True), ((2, 3, 97, 97), False)):
+        x = torch.rand(*shape)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = fused(x)
+            diff = (out - plain(x)).abs().max().item()
+            assert diff <= 1e-5, f"{shape}: max abs diff {diff}"
+            assert (out - model(x)).abs().max().item() <= 1e-5
+    packed = _packed_units(fused)
+    assert len(packed) >= 20 and not _packed_units(plain)  # each unit called through forward took the kernel
+    assert max(len(m._packed) for m in packed) == 3  # one packed weight per input shape
+
+    # Weights changed in place (a new state_dict loaded): packed again, not stale.
+    x = torch.rand(1, 3, 256, 256)  # a shape already packed
+    with torch.no_grad():
+        fused.stem.conv.weight.mul_(-1)
+        plain.stem.conv.weight.mul_(-1)
+    with torch.inference_mode():
+        assert (fused(x) - plain(x)).abs().max().item() <= 1e-5
+
+    # Copies and pickles start without packed weights (oneDNN's opaque tensors cannot be copied).
+    clone = copy.deepcopy(fused)
+    assert not _packed_units(clone)
+    with torch.inference_mode():
+        assert (clone(x) - plain(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_packed_kernels_stay_out_of_autograd_autocast_and_unfolded_units() -> None:
+    model = create_model("mobilevit_xxs").eval()
+    fused = fuse_for_inference(model)
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    fused(x).sum().backward()  # autograd on: PyTorch's convolution, which has a backward
+    assert x.grad is not None and not _packed_units(fused)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(x)
+    assert not _packed_units(fused)
+    with torch.inference_mode():
+        model(x)  # the unfolded model never takes it
+    assert not _packed_units(model)
+
+
 def test_fusion_leaves_the_original_untouched() -> None:
     model = randomize_norms(create_model("mobilevit_xxs")).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Folded units run on the CPU as single oneDNN kernels with pre-arranged weights (see ConvNormAct.forward).
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+_MAX_PACKED_SHAPES = 8  # input shapes remembered per unit; more than this starts the cache afresh
+
+
+class _PackedWeights(dict):
+    """oneDNN weights per input shape, derived from the convolution's weight: never copied or saved."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _PackedWeights:
+        return _PackedWeights()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_PackedWeights, ())
 
 
 class ConvNormAct(nn.Module):
@@ -40,6 +56,8 @@ class ConvNormAct(nn.Module):
         )
         self.bn: nn.Module = nn.BatchNorm2d(out_chs)
         self.act = nn.SiLU() if apply_act else nn.Identity()
+        self.onednn_kernel = True  # once folded: see _onednn_forward (False: PyTorch's convolution, for A/B)
+        self._packed = _PackedWeights()
 
     @property
     def is_fused(self) -> bool:
@@ -90,4 +108,46 @@ class ConvNormAct(nn.Module):
         return self.act(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_fused and self.onednn_kernel and _packed_kernel_applies(x):
+            return self._onednn_forward(x)
         return self.norm_act(self.conv(x))
+
+    def _onednn_forward(self, x: Tensor) -> Tensor:
+        """The folded convolution and its SiLU as one oneDNN kernel, weights pre-arranged for this input shape.
+
+        Eager PyTorch re-arranges the weights into oneDNN's blocked layout on every call and runs
+        SiLU as a second pass over the output; here the first happens once per input shape and the
+        second is fused (what ``torch.compile`` does when it freezes a model). Measured on a 2-core
+        CPU (``bench_models.py --impl ours-fused,ours-fused-ref``): batch-32 inference 3.5-5.7 %
+        faster, batch 1 1-2 %. Same result to float32 rounding."""
+        conv, weight = self.conv, self.conv.weight
+        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)  # type: ignore[arg-type]
+        key = (tuple(x.shape), weight.data_ptr(), weight._version)  # new or changed weights: pack again
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= _MAX_PACKED_SHAPES or any(k[1:] != key[1:] for k in self._packed):
+                self._packed.clear()
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.detach().contiguous().to_mkldnn(), padding, stride, dilation, conv.groups, list(x.shape)
+            )
+            self._packed[key] = packed
+        activation = "swish" if isinstance(self.act, nn.SiLU) else "none"  # swish(x) = x * sigmoid(x) = SiLU
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, conv.bias, padding, stride, dilation, conv.groups, activation, [], ""
+        )
+
+
+def _packed_kernel_applies(x: Tensor) -> bool:
+    """Plain float32 CPU inference: not autograd, autocast, tracing, exporting or compiling (those see
+    the ordinary convolution)."""
+    return (
+        ONEDNN_AVAILABLE
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+    )

@@ -21,6 +21,9 @@ def fuse_for_inference(model: ModuleT, *, channels_last: bool = True) -> ModuleT
     costs a full pass over the activations that the folded convolution does for free, and the
     in-place activation saves allocating (and, on the CPU, page-faulting in) a second map.
 
+    On the CPU (float32, autograd off) each folded unit then runs as one oneDNN kernel with its
+    weights pre-arranged per input shape and SiLU fused (:meth:`ConvNormAct._onednn_forward`).
+
     With ``channels_last`` the weights are stored channels-last; the first convolution then writes
     its output channels-last even for an ordinary NCHW input, and the whole network runs in the
     layout oneDNN (CPU) and cuDNN (tensor cores) are fastest at. Outputs are unaffected.
