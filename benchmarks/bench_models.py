@@ -19,7 +19,7 @@ MobileViT block computed as Fig. 1b draws it (the block's fast path), ``ours-fus
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
-    python benchmarks/bench_models.py --device cpu --quick --json cpu.json    # CPU, 2-4 minutes
+    python benchmarks/bench_models.py --device cpu --quick --json cpu.json    # CPU, ~8 minutes
     python benchmarks/bench_models.py --device cuda --json gpu.json           # GPU; NOTES.md has the H100 command
 
 Timing: random data already on the device; warm-up iterations (which include compilation) then

@@ -65,3 +65,14 @@ def test_bench_models_cpu_table_json_and_ratios(
     out = capsys.readouterr().out
     assert "cpu latency eager vs eager" in out
     assert "oneDNN kernels, ours-fused / ours-fused-ref" in out  # the A/B of the CPU kernels
+
+
+def test_checkpoint_cost_times_both_ways(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("checkpoint_cost", REPO / "benchmarks" / "checkpoint_cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    times = module.main(["--device", "cpu", "--repeats", "2", "--out", str(tmp_path)])
+    assert set(times) == {"save_checkpoint", "writer.save", "writer, written"}
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert (tmp_path / "sync.pt").stat().st_size == (tmp_path / "background.pt").stat().st_size
