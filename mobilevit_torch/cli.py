@@ -18,8 +18,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def user_errors(fn: F) -> F:
     """Run ``fn``; print known user-facing errors as ``error: ...`` and exit with a status code.
 
-    Exit codes: 2 for bad arguments, paths, data or weights; 1 for a diverged run; 128 + signal
-    number for a run stopped by SIGINT/SIGTERM (after its resumable checkpoint was saved).
+    Exit codes: 2 for bad arguments, paths, data or weights; 1 for a diverged run or a checkpoint
+    that could not be written; 128 + signal number for a run stopped by SIGINT/SIGTERM (after its
+    resumable checkpoint was saved).
     """
 
     @functools.wraps(fn)
@@ -28,6 +29,7 @@ def user_errors(fn: F) -> F:
 
         from mobilevit_torch.data.folder import DataError
         from mobilevit_torch.registry import UnknownModelError
+        from mobilevit_torch.training.checkpoint import CheckpointWriteError
         from mobilevit_torch.training.config import ConfigError
         from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted
         from mobilevit_torch.weights import WeightsError
@@ -36,7 +38,7 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except TrainingInterrupted as err:
             _fail(str(err), 128 + int(err.signum))
-        except TrainingDiverged as err:
+        except (TrainingDiverged, CheckpointWriteError) as err:
             _fail(str(err), 1)
         except (ConfigError, DataError, WeightsError, UnknownModelError, FileNotFoundError) as err:
             _fail(str(err), 2)

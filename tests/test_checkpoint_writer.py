@@ -9,6 +9,7 @@ import torch
 
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training.checkpoint import (
+    CheckpointWriteError,
     CheckpointWriter,
     host_copy,
     load_checkpoint,
@@ -65,7 +66,7 @@ def test_a_failed_background_write_is_raised_and_logged(tmp_path: Path, caplog: 
     blocker.write_text("a file where the run folder should be")
     writer = CheckpointWriter()
     writer.save(blocker / "last.pt", {"format": "mobilevit-torch", "epoch": 1})
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="could not write the checkpoint .*not_a_folder"):
         writer.close()
     assert "could not write the checkpoint" in caplog.text and "not_a_folder" in caplog.text
     # The writer is usable again after a failure has been reported.
@@ -98,3 +99,23 @@ def test_background_checkpoint_of_gpu_tensors_is_on_the_cpu(tmp_path: Path) -> N
     save_checkpoint(tmp_path / "direct.pt", {"format": "mobilevit-torch", "w": weights})
     assert torch.load(tmp_path / "direct.pt", map_location="cuda", weights_only=True)["w"].sum() == 0
     assert torch.load(tmp_path / "direct.pt", weights_only=True)["w"].device.type == "cpu"
+
+
+def test_a_failed_write_ends_a_command_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mobilevit_torch.cli import user_errors
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+
+    @user_errors
+    def command() -> None:
+        with CheckpointWriter() as writer:
+            writer.save(blocker / "last.pt", {"format": "mobilevit-torch", "epoch": 1})
+
+    with pytest.raises(SystemExit) as exit_info:
+        command()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: could not write the checkpoint" in err and "Traceback" not in err

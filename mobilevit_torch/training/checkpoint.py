@@ -148,14 +148,19 @@ class CheckpointWriter:
         self.close()
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, folder gone, ...); the previous file is intact."""
+
+
 def _write_when_ready(path: Path, snapshot: dict[str, Any], ready: Any) -> Path:
     if ready is not None:
         ready.synchronize()
     try:
         return save_checkpoint(path, snapshot)
     except Exception as error:  # said now; raised in the training thread at its next save or at the end
-        logger.error("could not write the checkpoint %s: %s", path, error)
-        raise
+        message = f"could not write the checkpoint {path}: {error}"
+        logger.error(message)
+        raise CheckpointWriteError(message) from error
 
 
 class CheckpointError(ValueError):
