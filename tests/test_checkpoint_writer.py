@@ -91,7 +91,7 @@ def test_background_checkpoint_of_gpu_tensors_is_on_the_cpu(tmp_path: Path) -> N
     weights = torch.arange(1_000_000, dtype=torch.float32, device="cuda")
     with CheckpointWriter() as writer:
         writer.save(tmp_path / "gpu.pt", {"format": "mobilevit-torch", "w": weights})
-        weights.mul_(0)  # queued after the snapshot's copy on the same stream
+        weights.mul_(0)  # after the snapshot: must not reach the file
     saved = load_checkpoint(tmp_path / "gpu.pt")["w"]
     assert saved.device.type == "cpu"
     assert torch.equal(saved, torch.arange(1_000_000, dtype=torch.float32))
