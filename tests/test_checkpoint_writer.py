@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from mobilevit_torch.training.checkpoint import (
     model_payload,
     save_checkpoint,
 )
+from tests.conftest import REPO
 
 
 def _trained_xxs() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -101,21 +104,24 @@ def test_background_checkpoint_of_gpu_tensors_is_on_the_cpu(tmp_path: Path) -> N
     assert torch.load(tmp_path / "direct.pt", weights_only=True)["w"].device.type == "cpu"
 
 
-def test_a_failed_write_ends_a_command_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from mobilevit_torch.cli import user_errors
-
+def test_a_failed_write_ends_a_command_with_one_line(tmp_path: Path) -> None:
+    """What train.py shows when a checkpoint cannot be written: one line, exit status 1 (a fresh process:
+    the entry points' error handler shuts logging down)."""
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-
-    @user_errors
-    def command() -> None:
-        with CheckpointWriter() as writer:
-            writer.save(blocker / "last.pt", {"format": "mobilevit-torch", "epoch": 1})
-
-    with pytest.raises(SystemExit) as exit_info:
-        command()
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert "error: could not write the checkpoint" in err and "Traceback" not in err
+    code = (
+        "import sys\n"
+        "from mobilevit_torch.cli import user_errors\n"
+        "from mobilevit_torch.training.checkpoint import CheckpointWriter\n"
+        "@user_errors\n"
+        "def command():\n"
+        "    with CheckpointWriter() as writer:\n"
+        "        writer.save(sys.argv[1], {'format': 'mobilevit-torch', 'epoch': 1})\n"
+        "command()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(blocker / "last.pt")], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error: could not write the checkpoint" in done.stderr and "not_a_folder" in done.stderr
+    assert "Traceback" not in done.stderr
