@@ -14,7 +14,13 @@ _MAX_PACKED_SHAPES = 8  # input shapes remembered per unit; more than this start
 
 
 class _PackedWeights(dict):
-    """oneDNN weights per input shape, derived from the convolution's weight: never copied or saved."""
+    """oneDNN weights per input shape, derived from one version of the convolution's weight
+    (``source``: its address and version counter). Never copied or saved; replaced, never cleared,
+    so threads sharing a model never see it change under them."""
+
+    def __init__(self, source: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.source = source
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _PackedWeights:
         return _PackedWeights()
@@ -122,15 +128,14 @@ class ConvNormAct(nn.Module):
         faster, batch 1 1-2 %. Same result to float32 rounding."""
         conv, weight = self.conv, self.conv.weight
         padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)  # type: ignore[arg-type]
-        key = (tuple(x.shape), weight.data_ptr(), weight._version)  # new or changed weights: pack again
-        packed = self._packed.get(key)
+        cache, source = self._packed, (weight.data_ptr(), weight._version)
+        if cache.source != source or len(cache) >= _MAX_PACKED_SHAPES:  # new or changed weights: pack again
+            cache = self._packed = _PackedWeights(source)
+        packed = cache.get(x.shape)
         if packed is None:
-            if len(self._packed) >= _MAX_PACKED_SHAPES or any(k[1:] != key[1:] for k in self._packed):
-                self._packed.clear()
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            packed = cache[x.shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.detach().contiguous().to_mkldnn(), padding, stride, dilation, conv.groups, list(x.shape)
             )
-            self._packed[key] = packed
         activation = "swish" if isinstance(self.act, nn.SiLU) else "none"  # swish(x) = x * sigmoid(x) = SiLU
         return torch.ops.mkldnn._convolution_pointwise(
             x, packed, conv.bias, padding, stride, dilation, conv.groups, activation, [], ""
