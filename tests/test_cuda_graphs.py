@@ -141,3 +141,11 @@ def test_train_with_and_without_graphs_agree(tmp_path: Path) -> None:
         losses[graphs] = [(r["train_loss"], r["val_loss"]) for r in records]
     for eager, graphed in zip(losses[False], losses[True], strict=True):
         assert graphed == pytest.approx(eager, rel=5e-3)
+
+
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_cudnn_benchmark_setting_is_applied(tmp_path: Path, benchmark: bool) -> None:
+    folder = make_folder(tmp_path / "photos", per_class=4)
+    config = tiny_config(tmp_path, folder, device="cuda", cudnn_benchmark=benchmark, epochs=1)
+    train(config, tmp_path / "run")
+    assert torch.backends.cudnn.benchmark is benchmark

@@ -54,6 +54,16 @@ def test_every_config_composes(model: str, data: str, recipe: str) -> None:
         assert (config.recipe.schedule, config.recipe.resize, config.recipe.label_smoothing) == ("constant", 280, 0.1)
 
 
+def test_cudnn_benchmark_override_reaches_the_config() -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        default = compose("train", overrides=["data.root=photos"])
+        off = compose("train", overrides=["data.root=photos", "cudnn_benchmark=false"])
+    from omegaconf import OmegaConf
+
+    assert config_from_dict(OmegaConf.to_container(default, resolve=True)).validate().cudnn_benchmark is True
+    assert config_from_dict(OmegaConf.to_container(off, resolve=True)).validate().cudnn_benchmark is False
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

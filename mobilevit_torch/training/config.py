@@ -78,6 +78,7 @@ class TrainConfig:
     pretrained: str | bool | None = None
     compile: bool = False
     cuda_graphs: bool = True  # on a single CUDA GPU, replay each training update as one CUDA graph
+    cudnn_benchmark: bool = True  # CUDA: cuDNN times its kernels once per input shape (during epoch 1)
     amp: bool = True  # bf16 autocast where the GPU supports it (fp16 + GradScaler otherwise); off on CPU
     channels_last: bool = True
     log_every: int = 20  # steps between progress-bar updates (each is a host sync)

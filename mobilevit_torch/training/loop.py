@@ -214,7 +214,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     if config.compile:
         train_model = torch.compile(train_model)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its kernels once
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed shapes: cuDNN times its kernels once
         logger.info(
             "CUDA graphs: %s",
             "on (one graph per update)" if use_graphs else f"off ({graphs_blocked or 'cuda_graphs=false'})",
