@@ -132,11 +132,14 @@ def test_train_with_and_without_graphs_agree(tmp_path: Path) -> None:
             amp=False,
             cuda_graphs=graphs,
             epochs=2,
-            **{"model.drop_rate": 0.0, "model.dropout": 0.0, "recipe.mixup": 0.2},
+            # Several validation batches (of one padded shape): one graph for the model, one for the EMA.
+            **{"model.drop_rate": 0.0, "model.dropout": 0.0, "recipe.mixup": 0.2, "data.eval_batch_size": 5},
         )
         run = tmp_path / f"run_{graphs}"
         assert train(config, run)["epochs"] == 2
         assert (run / "best.pt").exists()
+        captures = (run / "train.log").read_text().count("captured a forward pass as a CUDA graph")
+        assert captures == (2 if graphs else 0)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses[graphs] = [(r["train_loss"], r["val_loss"]) for r in records]
     for eager, graphed in zip(losses[False], losses[True], strict=True):

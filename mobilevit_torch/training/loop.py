@@ -493,7 +493,9 @@ def evaluate(
 ) -> tuple[float, float, Tensor]:
     """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks.
 
-    ``forward`` (default ``model``) computes the logits, e.g. a :class:`GraphedForward` of ``model``."""
+    ``forward`` (default ``model``) computes the logits, e.g. a :class:`GraphedForward` of ``model``.
+    A batch's ``x`` may end with padding images beyond its ``len(y)`` labels (one input shape for
+    every batch); their logits are dropped."""
     was_training = model.training
     model.eval()
     forward = forward or model
@@ -501,7 +503,7 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for x, y in batches:
         with autocast:
-            logits = forward(x.contiguous(memory_format=memory_format)).float()
+            logits = forward(x.contiguous(memory_format=memory_format))[: len(y)].float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += confusion_matrix(logits.argmax(1), y, num_classes)
     all_reduce_sum(loss_sum, info)

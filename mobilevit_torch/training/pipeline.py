@@ -161,8 +161,29 @@ class CachedTrainBatches:
         return x, self.labels[indices]
 
 
+def eval_batch_size(count: int, max_batch: int) -> int:
+    """Images per validation batch: as few batches as ``max_batch`` allows, all of one size.
+
+    331 photos at ``max_batch`` 250 are two batches of 166 (the second padded by one image) rather
+    than 250 and 81: one input shape, so on a GPU one CUDA graph per model and one cuDNN algorithm
+    search per convolution instead of two, for the cost of computing at most one padding image per
+    batch (fewer than the number of batches in all)."""
+    num_batches = -(-count // max_batch)
+    return -(-count // num_batches) if num_batches else max_batch
+
+
+def pad_batch(x: Tensor, size: int) -> Tensor:
+    """``x`` followed by copies of its last image up to ``size`` images (``evaluate`` drops their logits)."""
+    missing = size - len(x)
+    # [1, C, H, W] -> [missing, C, H, W] (a broadcast view; cat copies it once)
+    return torch.cat((x, x[-1:].expand(missing, *x.shape[1:]))) if missing > 0 else x
+
+
 class CachedEvalBatches:
-    """Validation batches: centre crops of on-device uint8 images, this rank's share only."""
+    """Validation batches: centre crops of on-device uint8 images, this rank's share only.
+
+    Each batch yields ``(x, y)``; every ``x`` has the same number of images (:func:`eval_batch_size`),
+    so the last one may end with padding images beyond its ``len(y)`` labels."""
 
     def __init__(
         self,
@@ -175,11 +196,12 @@ class CachedEvalBatches:
         shard: Shard = Shard(),
     ) -> None:
         self.images, self.labels = images[shard.rank :: shard.world_size], labels[shard.rank :: shard.world_size]
-        self.batch_size, self.img_size, self.pre = batch_size, img_size, pre
+        self.batch_size = eval_batch_size(len(self.labels), batch_size)
+        self.img_size, self.pre = img_size, pre
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, len(self.labels), self.batch_size):
-            images = self.images[start : start + self.batch_size]
+            images = pad_batch(self.images[start : start + self.batch_size], self.batch_size)
             yield center_crop(images, self.img_size, self.pre), self.labels[start : start + self.batch_size]
 
 
@@ -272,10 +294,12 @@ def loader_eval_batches(
     device: torch.device,
     shard: Shard = Shard(),
 ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Validation batches decoded per image, all ``x`` of one size as in :class:`CachedEvalBatches`."""
     dataset = ImageListDataset(samples[shard.rank :: shard.world_size], transform=eval_transform(pre))
+    batch_size = eval_batch_size(len(dataset), batch_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield pad_batch(x.to(device, non_blocking=True), batch_size), y.to(device, non_blocking=True)
 
 
 def train_cache_size(recipe: RecipeConfig, pre: Preprocessing) -> int:
