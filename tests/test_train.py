@@ -21,9 +21,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder(tmp_path_factory.mktemp("photos"))
 
 
-def test_end_to_end_outputs_and_odd_files(folder: Path, tmp_path: Path) -> None:
+def test_end_to_end_outputs_and_odd_files(folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     summary = train(tiny_config(tmp_path, folder), run)
+    assert "decoding" not in capfd.readouterr().err, "progress=false silences the decode bars too"
 
     for name in (
         "last.pt",

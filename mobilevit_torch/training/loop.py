@@ -123,7 +123,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             mode="squash",
             cache_dir=cache_dir,
             num_workers=workers,
-            progress=info.is_main,
+            progress=info.is_main and config.progress,
         )
         val_cache = decode_images(
             split.val,
@@ -131,7 +131,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             mode="center_crop",
             cache_dir=cache_dir,
             num_workers=workers,
-            progress=info.is_main,
+            progress=info.is_main and config.progress,
         )
         skipped += train_cache.skipped + val_cache.skipped
         train_batches: Any = pipeline.CachedTrainBatches(
