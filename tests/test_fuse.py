@@ -23,6 +23,8 @@ def test_fused_model_matches_eval_model(name: str, channels_last: bool) -> None:
     model = randomize_norms(create_model(name)).eval()
     fused = fuse_for_inference(model, channels_last=channels_last)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(isinstance(m, nn.Dropout) for m in fused.modules())
+    assert any(isinstance(m, nn.Dropout) for m in model.modules()), "the original keeps its dropout"
     assert all(not p.requires_grad for p in fused.parameters())
     for size in (256, 97):  # 97: odd feature maps take the block's resize path
         x = torch.rand(2, 3, size, size)
