@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,10 @@ import torch
 
 from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import load_checkpoint
 from mobilevit_torch.training.config import ConfigError
-from mobilevit_torch.training.loop import TrainingDiverged, train
+from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, train
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
 
@@ -94,6 +97,44 @@ def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: b
         assert torch.equal(value, resumed["ema"]["module"][key]), key
     history = [r["epoch"] for r in resumed["history"]]
     assert history == [1, 2, 3]
+
+
+def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during an epoch's last step: the checkpoint says "all steps done"; resuming runs no
+    step of that epoch, only its validation and record, then the remaining epochs."""
+    import mobilevit_torch.training.loop as loop
+
+    options = {"epochs": 2, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False}
+    fired = []
+
+    def learning_rate(update: int, **kwargs: object) -> float:
+        if update == 1 and not fired:  # epoch 1's second (last) update is about to run
+            fired.append(update)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return schedule.learning_rate(update, **kwargs)
+
+    monkeypatch.setattr(loop, "learning_rate", learning_rate)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
+        train(tiny_config(tmp_path, folder, **options), run)
+    assert load_checkpoint(run / "last.pt")["step_in_epoch"] == 2
+
+    summary = train(tiny_config(tmp_path, folder, resume=str(run / "last.pt"), **options), tmp_path / "ignored")
+    assert summary["epochs"] == 2
+    history = load_checkpoint(run / "last.pt")["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    recipe = tiny_config(tmp_path, folder, **options).recipe  # 2 epochs of 2 updates
+    last_update_lr = schedule.learning_rate(
+        1,
+        base_lr=recipe.lr,
+        total_steps=4,
+        warmup_steps=round(recipe.warmup_epochs * 2),
+        min_lr=recipe.min_lr,
+        schedule=recipe.schedule,
+    )
+    assert history[0]["lr"] == last_update_lr
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: Path) -> None:

@@ -197,6 +197,17 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     updates_per_epoch = steps_per_epoch // accum
     total_updates = config.epochs * updates_per_epoch
     warmup_updates = round(config.recipe.warmup_epochs * updates_per_epoch)
+
+    def lr_at(update: int) -> float:
+        return learning_rate(
+            update,
+            base_lr=config.recipe.lr,
+            total_steps=total_updates,
+            warmup_steps=warmup_updates,
+            min_lr=config.recipe.min_lr,
+            schedule=config.recipe.schedule,
+        )
+
     amp_dtype = amp_precision(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     graphs_blocked = TrainStep.graphs_possible(device, distributed=info.enabled, scaler_enabled=scaler.is_enabled())
@@ -296,15 +307,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             batches = train_batches.epoch(epoch, start_step)
             mixes = mixer.epoch_params(epoch, steps_per_epoch).to(device) if mixer else None  # [steps, 6]
             for step in range(start_step, steps_per_epoch, accum):  # one optimizer update per `accum` batches
-                update = epoch * updates_per_epoch + step // accum
-                lr = learning_rate(
-                    update,
-                    base_lr=recipe.lr,
-                    total_steps=total_updates,
-                    warmup_steps=warmup_updates,
-                    min_lr=recipe.min_lr,
-                    schedule=recipe.schedule,
-                )
+                lr = lr_at(epoch * updates_per_epoch + step // accum)
                 group = [next(batches) for _ in range(accum)]
                 train_step(group, mixes[step : step + accum] if mixes is not None else None, lr)
                 bar.update(accum)
@@ -356,7 +359,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 "val_loss": val_loss,
                 "val_acc": val_acc,
                 "ema_val_acc": ema_acc,
-                "lr": lr,
+                "lr": lr_at((epoch + 1) * updates_per_epoch - 1),  # its last update (also if resumed after it)
                 "images_per_s": totals[2] / train_time,
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "val_time_s": time.perf_counter() - epoch_start - train_time,
