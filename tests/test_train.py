@@ -15,7 +15,7 @@ from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import load_checkpoint
 from mobilevit_torch.training.config import ConfigError
-from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, train
+from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, check_batch_size, train
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
 
@@ -160,6 +160,18 @@ def test_clear_errors_before_training(tmp_path: Path) -> None:
         tiny_config(tmp_path, empty, resume=str(tmp_path / "nope.pt")).check_paths()
     with pytest.raises(ConfigError, match="multiple of 32"):
         tiny_config(tmp_path, empty, **{"data.img_size": 100})
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_too_few_training_images_for_a_batch_is_a_config_error(folder: Path, tmp_path: Path, cache: bool) -> None:
+    """Both data paths refuse a batch larger than the readable training set in data.batch_size's terms
+    (not with a ValueError from deep inside the pipeline)."""
+    options = {"data.batch_size": 64, "data.cache": cache, "data.num_workers": 0}
+    with pytest.raises(ConfigError, match=r"training images, fewer than data.batch_size=64: lower data.batch_size"):
+        train(tiny_config(tmp_path, folder, **options), tmp_path / "run")
+    with pytest.raises(ConfigError, match="data.batch_size=64 is not divisible by the 3 training processes"):
+        check_batch_size(1000, 64, 3)
+    check_batch_size(64, 64, 2)
 
 
 def test_resume_refuses_another_model(folder: Path, tmp_path: Path) -> None:

@@ -134,6 +134,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             progress=info.is_main and config.progress,
         )
         skipped += train_cache.skipped + val_cache.skipped
+        check_batch_size(len(train_cache.labels), config.data.batch_size, info.world_size)
         train_batches: Any = pipeline.CachedTrainBatches(
             train_cache.images.to(device),
             train_cache.labels.to(device),
@@ -159,6 +160,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
 
         num_train, num_val = len(train_cache.labels), len(val_cache.labels)
     else:
+        check_batch_size(len(split.train), config.data.batch_size, info.world_size)
         train_batches = pipeline.LoaderTrainBatches(
             split.train,
             batch_size=config.data.batch_size,
@@ -551,6 +553,17 @@ def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[D
         split.source,
     )
     return split, skipped
+
+
+def check_batch_size(num_train: int, batch_size: int, world_size: int) -> None:
+    """Refuse, in the config's terms, a training batch that cannot be formed (before any data pipeline is built)."""
+    if batch_size % world_size:
+        raise ConfigError(f"data.batch_size={batch_size} is not divisible by the {world_size} training processes")
+    if num_train < batch_size:
+        raise ConfigError(
+            f"only {num_train} readable training images, fewer than data.batch_size={batch_size}: "
+            "lower data.batch_size (or add photos)"
+        )
 
 
 def restore(
