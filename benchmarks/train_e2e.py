@@ -1,10 +1,11 @@
 """End-to-end training speed: ``train.py`` runs on a photo folder, timed from its own records.
 
 Each variant is one ``python train.py ...`` run (default recipe unless overridden) in its own
-folder; the table reads back ``summary.json`` and ``metrics.jsonl``: set-up time (split, decode
-cache, model), the whole loop's time and images per second (training steps, validation of model
-and EMA, checkpoints, logs), the first epoch (which includes CUDA-graph capture), the median later
-epoch split into training and validation, the loop's time outside the epochs per epoch (handing
+folder; the table reads back ``summary.json``, ``metrics.jsonl`` and ``train.log``: set-up time
+(split, decode cache, model), the whole loop's time and images per second (training steps,
+validation of model and EMA, checkpoints, logs), the first epoch (which includes the CUDA-graph
+captures: their number, warm-up and capture seconds), the median later epoch split into training
+and validation, the loop's time outside the epochs per epoch (handing
 over checkpoints, writing logs), and the best validation accuracy.
 
     python benchmarks/train_e2e.py --root data/flowers --epochs 30 \\
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,21 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# TrainStep's and GraphedForward's log lines: "... as a CUDA graph (...): 3.2 s of warm-up ..., 0.4 s to capture"
+CAPTURE = re.compile(r"captured .* as a CUDA graph .*: ([\d.]+) s of warm-up .*, ([\d.]+) s to capture")
+
+
+def capture_times(log: str) -> dict[str, float]:
+    """CUDA-graph captures in a run's train.log: how many, and their warm-up and capture seconds in all.
+
+    The warm-up calls hold epoch 1's one-time costs (cuDNN's algorithm search, lazy CUDA module
+    loading, compilation), so with the capture seconds they say where epoch 1's extra time went."""
+    found = [(float(warm), float(capture)) for warm, capture in CAPTURE.findall(log)]
+    return {
+        "captures": len(found),
+        "capture_warmup_s": sum(warm for warm, _ in found),
+        "capture_s": sum(capture for _, capture in found),
+    }
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
@@ -69,6 +86,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, extra
         "val_s": statistics.median(r["val_time_s"] for r in later),
         # Checkpoints, metrics files, TensorBoard, console: what the loop does between epochs.
         "between_epochs_s": (summary["loop_time_s"] - sum(r["epoch_time_s"] for r in records)) / len(records),
+        **capture_times((run_dir / "train.log").read_text()),
         "best_val_acc": summary["best_val_acc"],
         "epochs": summary["epochs"],
         "train_images": summary["train_images"],
@@ -77,18 +95,20 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, extra
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| variant | process s | setup s | loop s | loop img/s | epoch 1 s | later epoch s | "
-        "train img/s | val s | between epochs s | best val acc |"
+        "| variant | process s | setup s | loop s | loop img/s | epoch 1 s | graph captures: n, warm-up s, capture s "
+        "| later epoch s | train img/s | val s | between epochs s | best val acc |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['variant']} | {r['process_s']:.0f} | {r['status']} |" + " |" * 8)
+            lines.append(f"| {r['variant']} | {r['process_s']:.0f} | {r['status']} |" + " |" * 9)
             continue
         lines.append(
             f"| {r['variant']} | {r['process_s']:.1f} | {r['setup_s']:.1f} | {r['loop_s']:.1f} | "
-            f"{r['loop_img_s']:,.0f} | {r['first_epoch_s']:.2f} | {r['epoch_s']:.3f} | {r['train_img_s']:,.0f} | "
-            f"{r['val_s']:.3f} | {r['between_epochs_s']:.3f} | {100 * r['best_val_acc']:.2f}% |"
+            f"{r['loop_img_s']:,.0f} | {r['first_epoch_s']:.2f} | "
+            f"{r['captures']}, {r['capture_warmup_s']:.1f}, {r['capture_s']:.1f} | {r['epoch_s']:.3f} | "
+            f"{r['train_img_s']:,.0f} | {r['val_s']:.3f} | {r['between_epochs_s']:.3f} | "
+            f"{100 * r['best_val_acc']:.2f}% |"
         )
     return "\n".join(lines)
 

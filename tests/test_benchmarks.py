@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.train_helpers import make_folder
 
 
 def _bench_models(monkeypatch: pytest.MonkeyPatch):
@@ -76,3 +77,46 @@ def test_checkpoint_cost_times_both_ways(tmp_path: Path) -> None:
     assert set(times) == {"save_checkpoint", "writer.save", "writer, written"}
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
     assert (tmp_path / "sync.pt").stat().st_size == (tmp_path / "background.pt").stat().st_size
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_e2e_runs_train_py_and_reads_its_records(tmp_path: Path) -> None:
+    """Two train.py runs on a generated folder (CPU, seconds each): the table and JSON come back."""
+    e2e = _module("train_e2e")
+    root = make_folder(tmp_path / "photos", per_class=6, odd_files=False)
+    out = tmp_path / "e2e"
+    e2e.main([
+        "--root", str(root), "--epochs", "2", "--out", str(out),
+        "--variant", "base=", "--variant", "noema=recipe.ema_decay=0",
+        "--", "device=cpu", "data.img_size=64", "data.batch_size=4", "max_steps_per_epoch=2",
+        "tensorboard=false", f"data.cache_dir={tmp_path / 'cache'}",
+    ])  # fmt: skip
+    rows = json.loads((out / "train_e2e.json").read_text())
+    assert [r["variant"] for r in rows] == ["base", "noema"] and all(r["status"] == "ok" for r in rows)
+    for row in rows:
+        assert row["epochs"] == 2 and row["loop_s"] > 0 and row["first_epoch_s"] > 0
+        assert row["captures"] == 0  # no CUDA graphs on the CPU
+    table = (out / "train_e2e.md").read_text()
+    assert "| base |" in table and "| noema |" in table
+
+
+def test_train_e2e_reads_capture_times_from_train_log() -> None:
+    e2e = _module("train_e2e")
+    log = (
+        "2026-11-22 INFO captured the training step as a CUDA graph (batch 128 at 256 px): 7.5 s of warm-up"
+        " updates (cuDNN's algorithm search, compilation), 0.8 s to capture\n"
+        "2026-11-22 INFO epoch 1/30 | train loss 1.2\n"
+        "2026-11-22 INFO captured a forward pass as a CUDA graph (input 166x3x256x256): 1.5 s of warm-up calls,"
+        " 0.2 s to capture\n"
+    )
+    times = e2e.capture_times(log)
+    assert times["captures"] == 2
+    assert times["capture_warmup_s"] == pytest.approx(9.0) and times["capture_s"] == pytest.approx(1.0)
+    assert e2e.capture_times("no graphs here")["captures"] == 0
