@@ -68,23 +68,19 @@ def test_bench_models_cpu_table_json_and_ratios(
     assert "oneDNN kernels, ours-fused / ours-fused-ref" in out  # the A/B of the CPU kernels
 
 
-def test_checkpoint_cost_times_both_ways(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("checkpoint_cost", REPO / "benchmarks" / "checkpoint_cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    times = module.main(["--device", "cpu", "--repeats", "2", "--out", str(tmp_path)])
-    assert set(times) == {"save_checkpoint", "writer.save", "writer, written"}
-    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
-    assert (tmp_path / "sync.pt").stat().st_size == (tmp_path / "background.pt").stat().st_size
-
-
 def _module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_checkpoint_cost_times_both_ways(tmp_path: Path) -> None:
+    times = _module("checkpoint_cost").main(["--device", "cpu", "--repeats", "2", "--out", str(tmp_path)])
+    assert set(times) == {"save_checkpoint", "writer.save", "writer, written"}
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert (tmp_path / "sync.pt").stat().st_size == (tmp_path / "background.pt").stat().st_size
 
 
 def test_train_e2e_runs_train_py_and_reads_its_records(tmp_path: Path) -> None:
