@@ -1,9 +1,12 @@
 """Classify images with a training checkpoint: the top-k classes of each, with probabilities.
 
     python predict.py outputs/<run>/best.pt photo.jpg [more.jpg ...] [--topk 5] [--device auto]
+    python predict.py outputs/<run>/best.pt my_photos/      # every image file in the folder, recursively
 
-An unreadable or missing image ends the run with one ``error:`` line naming it and exit status 2
-(answers are printed per image, so skipping one silently would be easy to misread).
+An unreadable or missing image named on the command line ends the run with one ``error:`` line
+naming it and exit status 2 (answers are printed per image, so skipping one silently would be easy
+to misread). Inside a folder, unreadable image files are skipped, each with a warning, and counted
+at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from mobilevit_torch.cli import keep_freed_memory, one_line, positive_int
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
-    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files to classify")
+    parser.add_argument(
+        "images", type=Path, nargs="+", metavar="IMAGE", help="image files, or folders of them, to classify"
+    )
     parser.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     return parser.parse_args(argv)
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         model = load_model_from_checkpoint(args.checkpoint)
-        predictions = predict_images(model, args.images, topk=args.topk, device=device)
+        images, skipped = expand_folders(args.images)
+        predictions = predict_images(model, images, topk=args.topk, device=device)
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
@@ -44,11 +50,39 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     width = max(len(name) for ranked in predictions for name, _ in ranked)
-    for path, ranked in zip(args.images, predictions, strict=True):
+    for path, ranked in zip(images, predictions, strict=True):
         print(path)
         for name, probability in ranked:
             print(f"  {name:<{width}}  {probability:7.2%}")
+    if skipped:
+        print(
+            f"skipped {len(skipped)} unreadable image file(s) in the folder(s); see the warnings above", file=sys.stderr
+        )
     return 0
+
+
+def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The images to classify, in command-line order: each folder replaced by the readable image files
+    below it (sorted), and ``(path, reason)`` for those skipped. Named files pass through unchecked."""
+    from mobilevit_torch.data.datasets import find_unreadable
+    from mobilevit_torch.data.folder import DataError, Sample
+    from mobilevit_torch.data.images import is_image_file
+
+    images: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for path in paths:
+        if not path.is_dir():
+            images.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        if not found:
+            raise DataError(f"{path} is a folder with no image files in it")
+        readable, bad = find_unreadable([Sample(str(p), 0) for p in found])
+        images += [Path(sample.path) for sample in readable]
+        skipped += bad
+    if not images:
+        raise DataError("no readable image in the folder(s) given")
+    return images, skipped
 
 
 if __name__ == "__main__":

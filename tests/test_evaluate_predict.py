@@ -355,6 +355,30 @@ def test_predict_cli_prints_class_names(setup: dict) -> None:
         assert [line.split() for line in block] == [[name, f"{p:.2%}"] for name, p in ranked]
 
 
+def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    images = sorted(setup["folder"].rglob("*.*"))[:3]
+    for index, image in enumerate(images):
+        shutil.copy(image, (folder / "sub" if index else folder) / f"{index}{image.suffix}")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an image file name")
+    predict = _script("predict.py")
+    named = sorted(setup["folder"].rglob("*.*"))[3]
+    assert predict.main([str(setup["checkpoint"]), str(named), str(folder), "--topk", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    copies = [(folder / "sub" if index else folder) / f"{index}{image.suffix}" for index, image in enumerate(images)]
+    expected = [named, *sorted(copies)]  # named first, then the folder's images in path order, broken.jpg skipped
+    assert [Path(line) for line in captured.out.splitlines() if not line.startswith(" ")] == expected
+    assert "skipped 1 unreadable image file(s)" in captured.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict.main([str(setup["checkpoint"]), str(empty), "--device", "cpu"]) == 2
+    _one_error_line(capsys.readouterr().err, "is a folder with no image files in it")
+
+
 def test_predict_cli_unreadable_image_is_one_line_exit_2(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
