@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mobilevit_torch.data.folder import DataError, Sample
 from mobilevit_torch.data.images import BadImageError, load_rgb
+from mobilevit_torch.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +183,8 @@ def _write_cache(path: Path, decoded: DecodedImages, *, size: int, mode: str) ->
         "paths": list(decoded.paths),
         "skipped": [[path, reason] for path, reason in decoded.skipped],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(payload, file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as file:
+        torch.save(payload, file)
     logger.info("cached %d decoded images in %s", len(decoded), path)
 
 

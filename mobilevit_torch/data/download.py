@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mobilevit_torch.data.folder import DataError, scan_image_folder
+from mobilevit_torch.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +37,27 @@ def download_file(url: str, dest: Path, *, sha256: str, timeout: float = 30) -> 
     """Stream ``url`` to ``dest`` with a progress bar; ``dest`` appears only once its SHA-256 matches."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as file:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
-                        while chunk := response.read(_CHUNK):
-                            file.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-            except (OSError, http.client.HTTPException, ValueError) as error:
-                raise DataError(
-                    f"could not download {url} ({_reason(error)}). Download it yourself and extract it into "
-                    f"{dest.parent}, or pass data.root=PATH to a folder of class sub-folders"
-                ) from None
+    with atomic_write(dest, "wb", suffix=".part") as file:  # dest appears only if the checksum matches
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
+                    while chunk := response.read(_CHUNK):
+                        file.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise DataError(
+                f"could not download {url} ({_reason(error)}). Download it yourself and extract it into "
+                f"{dest.parent}, or pass data.root=PATH to a folder of class sub-folders"
+            ) from None
         got = digest.hexdigest()
         if got != sha256.lower():
             raise DataError(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}; "
                 f"the downloaded file was removed"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -11,12 +11,12 @@ import json
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mobilevit_torch.data.images import IMAGE_EXTENSIONS, is_image_file
+from mobilevit_torch.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,8 @@ class DatasetSplit:
             "val": [[os.path.relpath(s.path, root), s.label] for s in self.val],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(payload, file, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, encoding="utf-8") as file:
+            json.dump(payload, file, indent=1)
         return path
 
     @classmethod

@@ -8,12 +8,11 @@ from what the file actually expects.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mobilevit_torch.export.parity import ParityReport
+from mobilevit_torch.files import atomic_write
 from mobilevit_torch.preprocessing import Preprocessing
 
 LABELS_FILE = "labels.txt"
@@ -76,11 +75,5 @@ def write_sidecar(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, encoding="utf-8") as file:
+        file.write(text)

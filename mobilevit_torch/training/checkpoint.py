@@ -19,8 +19,6 @@ background thread: training goes on while a checkpoint is serialised and synced 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilevit_torch.files import atomic_write
 from mobilevit_torch.weights import CHECKPOINT_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -64,16 +63,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     payload = host_copy(payload, clone=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", sync=True) as file:
+        torch.save(payload, file)
     return path
 
 

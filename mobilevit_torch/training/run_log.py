@@ -10,14 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
-import tempfile
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from mobilevit_torch.files import atomic_write
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -109,11 +107,11 @@ class RunLogger:
 
     def _rewrite(self) -> None:
         """Write both files from scratch (a new column, or replaced epochs), each atomically."""
-        with _atomic_text(self.csv_path, newline="") as file:
+        with atomic_write(self.csv_path, newline="") as file:
             writer = csv.DictWriter(file, fieldnames=self._fields)
             writer.writeheader()
             writer.writerows(self._records)
-        with _atomic_text(self.jsonl_path) as file:
+        with atomic_write(self.jsonl_path) as file:
             file.writelines(json.dumps(record) + "\n" for record in self._records)
 
     def _log_tensorboard(self, record: Record) -> None:
@@ -175,16 +173,3 @@ def _union_fields(records: list[Record]) -> list[str]:
     for record in records:
         fields.update(dict.fromkeys(record))
     return list(fields)
-
-
-@contextmanager
-def _atomic_text(path: Path, **open_kwargs: Any) -> Iterator[TextIO]:
-    """Write a temporary file next to ``path`` and rename it over ``path``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", **open_kwargs) as file:
-            yield file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

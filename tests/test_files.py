@@ -1,0 +1,54 @@
+"""Atomic writes: complete files only, the permissions of an ordinary new file, no leftovers on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mobilevit_torch.data.folder import DatasetSplit, Sample
+from mobilevit_torch.files import atomic_write
+from mobilevit_torch.training.checkpoint import save_checkpoint
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _open_mode(tmp_path: Path) -> int:
+    """What plain open() gives a new file in this process (the umask applied to 0o666)."""
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    return _mode(probe)
+
+
+def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "data.txt"
+    with atomic_write(target) as file:
+        file.write("first")
+    assert target.read_text() == "first"
+    assert _mode(target) == _open_mode(tmp_path), "not mkstemp's owner-only mode"
+
+    with pytest.raises(RuntimeError), atomic_write(target) as file:
+        file.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "probe"], "the temporary file is gone"
+
+    with atomic_write(target, "wb", sync=True, suffix=".part") as file:
+        file.write(b"second")
+    assert target.read_bytes() == b"second"
+
+
+def test_checkpoints_and_splits_get_the_permissions_of_other_new_files(tmp_path: Path) -> None:
+    expected = _open_mode(tmp_path)
+    checkpoint = save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    split = DatasetSplit(train=[Sample(str(tmp_path / "a.jpg"), 0)], val=[], class_names=["a"], source="split").to_json(
+        tmp_path / "split.json"
+    )
+    for path in (checkpoint, split):
+        assert _mode(path) == expected, f"{path.name}: {oct(_mode(path))}"
+    if os.name == "posix" and expected & 0o044:
+        assert _mode(checkpoint) & 0o044, "others can read a checkpoint wherever they can read new files"
