@@ -135,6 +135,8 @@ def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
         schedule=recipe.schedule,
     )
     assert history[0]["lr"] == last_update_lr
+    assert history[0]["images_per_s"] == 0, "no step of epoch 1 ran after the resume"
+    assert history[1]["images_per_s"] > 0
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: Path) -> None:

@@ -296,6 +296,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 torch.manual_seed(epoch_seed)
             train_model.train()
             train_step.reset_sums(**carried)
+            seen_before = carried["seen"] * info.world_size  # this epoch's images trained before a resume
             sums = train_step.sums
             bar = tqdm(
                 total=steps_per_epoch,
@@ -353,7 +354,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 _, ema_acc, ema_confusion = evaluate(
                     ema.module, val_batches(), len(class_names), device, eval_autocast, memory_format, info, ema_forward
                 )
-            images_trained += totals[2]
+            images_trained += totals[2] - seen_before
             record = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
@@ -362,7 +363,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 "val_acc": val_acc,
                 "ema_val_acc": ema_acc,
                 "lr": lr_at((epoch + 1) * updates_per_epoch - 1),  # its last update (also if resumed after it)
-                "images_per_s": totals[2] / train_time,
+                "images_per_s": (totals[2] - seen_before) / train_time,  # this invocation's steps only
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "val_time_s": time.perf_counter() - epoch_start - train_time,
             }
