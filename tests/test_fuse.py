@@ -145,3 +145,31 @@ def test_block_fast_path_trains_like_the_reference(channels_last: bool) -> None:
         torch.testing.assert_close(p_fast.grad, p_ref.grad, atol=1e-6, rtol=1e-5, msg=name)
     for (name, b_fast), b_ref in zip(fast.named_buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(b_fast, b_ref, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_inference_copy_binds_submodules_and_parameters_as_plain_attributes() -> None:
+    model = randomize_norms(create_model("mobilevit_xxs", num_classes=10)).eval()
+    fused = fuse_for_inference(model)
+    for module in fused.modules():
+        for registry in (module._modules, module._parameters):
+            for name, value in registry.items():
+                assert module.__dict__.get(name) is value, f"{type(module).__name__}.{name}"
+    assert not any(name in model.__dict__ for name in model._modules), "the original model is not touched"
+
+    x = torch.rand(2, 3, 64, 64)
+    other = fuse_for_inference(randomize_norms(create_model("mobilevit_xxs", num_classes=10)).eval())
+    with torch.inference_mode():
+        before = fused(x)
+        fused.load_state_dict(other.state_dict())  # in place: the bound parameters are the same objects
+        assert torch.allclose(fused(x), other(x), atol=1e-5) and not torch.allclose(fused(x), before)
+        fused.classifier = nn.Identity()  # a new assignment replaces the bound attribute too
+        assert fused(x).shape == (2, fused.num_features)
+        expected = fused(x)
+        # Copied under inference_mode its weights are inference tensors (no version counter): such
+        # units take PyTorch's own convolution, the same result to float32 rounding.
+        twin = copy.deepcopy(fused)
+        assert twin.__dict__["stem"] is twin._modules["stem"] and twin.stem is not fused.stem
+        assert torch.allclose(twin(x), expected, atol=1e-5)
+    twin = copy.deepcopy(fused)
+    with torch.inference_mode():
+        assert torch.equal(twin(x), expected)

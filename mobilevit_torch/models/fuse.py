@@ -48,7 +48,27 @@ def fuse_for_inference(model: ModuleT, *, channels_last: bool = True) -> ModuleT
     fused.requires_grad_(False)
     if channels_last:
         fused.to(memory_format=torch.channels_last)
+    bind_attributes(fused)
     return fused
+
+
+def bind_attributes(model: nn.Module) -> None:
+    """Make every submodule and parameter of ``model`` an ordinary instance attribute as well.
+
+    ``nn.Module`` keeps them in its ``_modules``/``_parameters`` dicts, so each ``self.conv`` or
+    ``self.weight`` in a forward misses the normal lookup and runs ``nn.Module.__getattr__``, a
+    Python function (~1 µs, and measurably more in the middle of a forward). The inference copy
+    does several hundred such lookups per forward; with the same objects also in each module's
+    ``__dict__`` they are plain attribute reads. Measured on a 2-core CPU, batch 1, 256 px, 20
+    interleaved rounds: 14.45 -> 13.70 ms (2 threads), 21.47 -> 20.53 ms (1 thread), -15 % at 32 px.
+
+    The registrations are untouched (``state_dict``, ``to``, ``load_state_dict`` work as before),
+    and ``nn.Module.__setattr__`` drops the plain attribute when a name is assigned anew. Removing
+    one with ``del`` or swapping ``_parameters`` entries directly is not tracked: treat the copy
+    as fixed, and call :func:`fuse_for_inference` again for a changed architecture."""
+    for module in model.modules():
+        for registry in (module._modules, module._parameters):
+            module.__dict__.update((name, value) for name, value in registry.items() if value is not None)
 
 
 def is_fused(model: nn.Module) -> bool:
