@@ -15,7 +15,9 @@ autotuning). ``ours-fused`` is this package's model after ``fuse_for_inference``
 channels-last weights; on the CPU its convolutions run as pre-packed oneDNN kernels with SiLU fused):
 it has no training row. Two A/B baselines run only when asked for: ``ours-ref`` is ours with the
 MobileViT block computed as Fig. 1b draws it (the block's fast path), ``ours-fused-ref`` is
-``ours-fused`` with PyTorch's own convolution op (the CPU kernels). The table's
+``ours-fused`` with PyTorch's own convolution op (the CPU kernels). ``ours-fnorm`` (training only,
+also on request) is ours with ``train.py fused_norm=true``: BatchNorm + SiLU as fused Triton kernels,
+which apply on CUDA in channels-last modes without compile (elsewhere it is ours). The table's
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
@@ -62,6 +64,7 @@ from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches 
 from mobilevit_torch.cli import keep_freed_memory  # noqa: E402
 from mobilevit_torch.graphed import GraphedForward  # noqa: E402
 from mobilevit_torch.layers import ConvNormAct  # noqa: E402
+from mobilevit_torch.layers.fused_norm import set_fused_norm  # noqa: E402
 from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig  # noqa: E402
@@ -71,10 +74,11 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
-IMPLS = ("ours", "ours-ref", "ours-fused", "ours-fused-ref", "timm", "hf")
+IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-fused", "ours-fused-ref", "timm", "hf")
 DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
-TRAINABLE = ("ours", "ours-ref", "timm", "hf")
-SHIPPED = ("ours", "ours-fused")  # what the package offers; the -ref rows are only A/B baselines
+TRAINABLE = ("ours", "ours-ref", "ours-fnorm", "timm", "hf")
+TRAIN_ONLY = ("ours-fnorm",)  # its inference is ours exactly (the kernels are for training)
+SHIPPED = ("ours", "ours-fnorm", "ours-fused")  # what the package offers; the -ref rows are only A/B baselines
 PHASES = ("train", "infer", "latency")
 # transformers' MobileViTConfig for each variant (the sizes its ml-cvnets conversion script uses).
 HF_CONFIGS: dict[str, dict[str, Any]] = {
@@ -177,6 +181,10 @@ def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
         for module in model.modules():
             if isinstance(module, MobileViTBlock):
                 module.forward = types.MethodType(reference_block_forward, module)
+        return model
+    if impl == "ours-fnorm":
+        model = mvt.create_model(f"mobilevit_{variant}", **off)
+        set_fused_norm(model)
         return model
     if impl in ("ours-fused", "ours-fused-ref"):
         model = fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
@@ -572,7 +580,11 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
                 f"cuda train, train.py defaults [{train_py_mode}]: ours {value(case):,.1f} img/s / "
                 f"timm best compiled [{best.mode.name}] {value(best):,.1f} img/s = {value(case) / value(best):.2f}"  # type: ignore[operator]
             )
-    ab_pairs = (("ours", "ours-ref", "block fast path"), ("ours-fused", "ours-fused-ref", "oneDNN kernels"))
+    ab_pairs = (
+        ("ours", "ours-ref", "block fast path"),
+        ("ours-fnorm", "ours", "fused BatchNorm+SiLU kernels"),
+        ("ours-fused", "ours-fused-ref", "oneDNN kernels"),
+    )
     for impl, baseline, what in ab_pairs:
         pairs = []
         for case in cases:
@@ -781,7 +793,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 group = [
                     Case(device, impl, mode, phase, 1 if phase == "latency" else batch)
                     for impl in impls
-                    if (phase != "train" or impl in TRAINABLE) and (mode.compile_mode is None or impl in compile_impls)
+                    if (phase != "train" or impl in TRAINABLE)
+                    and (phase == "train" or impl not in TRAIN_ONLY)
+                    and (mode.compile_mode is None or impl in compile_impls)
                 ]
                 print(f"-- {mode.name} {phase}", flush=True)
                 run_group(group, args, plans(device, args.quick)[phase], deadline)

@@ -14,6 +14,7 @@ import torch
 
 from mobilevit_torch import create_model
 from mobilevit_torch.graphed import GraphedForward
+from mobilevit_torch.layers.fused_norm import set_fused_norm
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.loop import build_optimizer, train
@@ -33,10 +34,11 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def _run(graphs: bool, sizes: list[int] | None, updates: int = 6, accum: int = 1):
+def _run(graphs: bool, sizes: list[int] | None, updates: int = 6, accum: int = 1, fused_norm: bool = False):
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = create_model("mobilevit_xxs", num_classes=5, drop_rate=0.0, dropout=0.0).to(device)
+    set_fused_norm(model, fused_norm)
     recipe = RecipeConfig(mixup=0.2, cutmix=1.0, clip_grad=1.0, ema_decay=0.99, accum_steps=accum)
     optimizer = build_optimizer(model, TrainConfig(recipe=recipe), device, capturable=graphs)
     ema = ModelEma(model, decay=recipe.ema_decay)
@@ -77,20 +79,23 @@ def _flat(tensors) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("sizes", "accum"), [(None, 1), ([64, 96], 1), (None, 2)], ids=["one-size", "multiscale", "accum2"]
+    ("sizes", "accum", "fused_norm"),
+    [(None, 1, False), ([64, 96], 1, False), (None, 2, False), (None, 1, True)],
+    ids=["one-size", "multiscale", "accum2", "fused-norm"],
 )
-def test_graphed_train_step_matches_eager(sizes: list[int] | None, accum: int) -> None:
+def test_graphed_train_step_matches_eager(sizes: list[int] | None, accum: int, fused_norm: bool) -> None:
     """Same losses, and the weights and EMA move the same way.
 
     Weight-by-weight equality is not expected: Adam divides by the gradient's running RMS, so a
     near-zero gradient whose rounding differs can flip a weight's update. The displacement of the
     whole weight vector from its start must agree in direction and length; a replay that reused a
-    stale batch, learning rate or EMA weight would miss both by far."""
+    stale batch, learning rate or EMA weight would miss both by far. With ``fused_norm`` the graphed
+    side also runs BatchNorm + SiLU as the fused Triton kernels (the eager side stays PyTorch's)."""
     torch.manual_seed(0)
     start = _flat(create_model("mobilevit_xxs", num_classes=5, drop_rate=0.0, dropout=0.0).parameters()).cuda()
     updates = 6 // accum  # one epoch of the 48-image cache: 6 batches of 8
     eager, eager_ema, eager_sums, _ = _run(False, sizes, updates, accum)
-    graphed, graphed_ema, graphed_sums, step = _run(True, sizes, updates, accum)
+    graphed, graphed_ema, graphed_sums, step = _run(True, sizes, updates, accum, fused_norm)
     assert len(step._graphs) == 1 if sizes is None else len(step._graphs) >= 1
     assert graphed_sums["seen"] == eager_sums["seen"]
     assert graphed_sums["loss"] == pytest.approx(eager_sums["loss"], rel=1e-3)
@@ -124,26 +129,30 @@ def test_train_with_and_without_graphs_agree(tmp_path: Path) -> None:
     """train() end to end (cache, mixup, EMA, checkpoints) with and without graphs: the same curves."""
     folder = make_folder(tmp_path / "photos", per_class=16)
     losses = {}
-    for graphs in (False, True):
+    for graphs, fused_norm in ((False, False), (True, False), (True, True)):
         config = tiny_config(
             tmp_path,
             folder,
             device="cuda",
             amp=False,
             cuda_graphs=graphs,
+            fused_norm=fused_norm,
+            channels_last=fused_norm,  # the kernels need it; the other two runs stay NCHW as before
             epochs=2,
             # Several validation batches (of one padded shape): one graph for the model, one for the EMA.
             **{"model.drop_rate": 0.0, "model.dropout": 0.0, "recipe.mixup": 0.2, "data.eval_batch_size": 5},
         )
-        run = tmp_path / f"run_{graphs}"
+        run = tmp_path / f"run_{graphs}_{fused_norm}"
         assert train(config, run)["epochs"] == 2
         assert (run / "best.pt").exists()
-        captures = (run / "train.log").read_text().count("captured a forward pass as a CUDA graph")
-        assert captures == (2 if graphs else 0)
+        log = (run / "train.log").read_text()
+        assert log.count("captured a forward pass as a CUDA graph") == (2 if graphs else 0)
+        assert ("fused BatchNorm+SiLU kernels: on (32 units)" in log) is fused_norm
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        losses[graphs] = [(r["train_loss"], r["val_loss"]) for r in records]
-    for eager, graphed in zip(losses[False], losses[True], strict=True):
-        assert graphed == pytest.approx(eager, rel=5e-3)
+        losses[graphs, fused_norm] = [(r["train_loss"], r["val_loss"]) for r in records]
+    for variant in ((True, False), (True, True)):
+        for eager, other in zip(losses[False, False], losses[variant], strict=True):
+            assert other == pytest.approx(eager, rel=5e-3), variant
 
 
 @pytest.mark.parametrize("benchmark", [False, True])

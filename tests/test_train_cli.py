@@ -54,14 +54,15 @@ def test_every_config_composes(model: str, data: str, recipe: str) -> None:
         assert (config.recipe.schedule, config.recipe.resize, config.recipe.label_smoothing) == ("constant", 280, 0.1)
 
 
-def test_cudnn_benchmark_override_reaches_the_config() -> None:
+@pytest.mark.parametrize(("key", "default"), [("cudnn_benchmark", True), ("fused_norm", False)])
+def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        default = compose("train", overrides=["data.root=photos"])
-        off = compose("train", overrides=["data.root=photos", "cudnn_benchmark=false"])
+        as_default = compose("train", overrides=["data.root=photos"])
+        flipped = compose("train", overrides=["data.root=photos", f"{key}={str(not default).lower()}"])
     from omegaconf import OmegaConf
 
-    assert config_from_dict(OmegaConf.to_container(default, resolve=True)).validate().cudnn_benchmark is True
-    assert config_from_dict(OmegaConf.to_container(off, resolve=True)).validate().cudnn_benchmark is False
+    assert getattr(config_from_dict(OmegaConf.to_container(as_default, resolve=True)).validate(), key) is default
+    assert getattr(config_from_dict(OmegaConf.to_container(flipped, resolve=True)).validate(), key) is not default
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobilevit_torch.layers.fused_norm import batch_norm_act, fused_norm_applies
+
 # Folded units run on the CPU as single oneDNN kernels with pre-arranged weights (see ConvNormAct.forward).
 ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 # The overload itself: calling the packet would match the arguments against each of its overloads.
@@ -42,6 +44,8 @@ class ConvNormAct(nn.Module):
     :meth:`fuse_norm` turns the unit into its inference form (BatchNorm folded into a biased
     convolution); training and checkpoints always use the unfused ``conv.weight``/``bn.*`` names.
     """
+
+    fused_norm = False  # training on a GPU: BatchNorm + SiLU as fused Triton kernels (set_fused_norm)
 
     def __init__(
         self,
@@ -108,6 +112,8 @@ class ConvNormAct(nn.Module):
 
     def norm_act(self, x: Tensor) -> Tensor:
         """BatchNorm and activation of a convolution output (for callers that run the convolution)."""
+        if self.fused_norm and fused_norm_applies(x, self.bn):
+            return batch_norm_act(x, self.bn, act=isinstance(self.act, nn.SiLU))  # type: ignore[arg-type]
         x = self.bn(x)
         if isinstance(self.act, nn.SiLU) and not torch.is_grad_enabled():
             # No autograd graph, so nothing else holds the normalised map: activate it in place and

@@ -81,6 +81,7 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its kernels once per input shape (during epoch 1)
     amp: bool = True  # bf16 autocast where the GPU supports it (fp16 + GradScaler otherwise); off on CPU
     channels_last: bool = True
+    fused_norm: bool = False  # CUDA: BatchNorm + SiLU as fused Triton kernels in training (layers/fused_norm.py)
     log_every: int = 20  # steps between progress-bar updates (each is a host sync)
     progress: bool = True
     tensorboard: bool = True

@@ -29,6 +29,7 @@ from mobilevit_torch.data.datasets import find_unreadable
 from mobilevit_torch.data.download import FLOWERS_SHA256, FLOWERS_URL, prepare_flowers
 from mobilevit_torch.data.folder import DataError, DatasetSplit, make_split
 from mobilevit_torch.graphed import GraphedForward
+from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training import pipeline
 from mobilevit_torch.training.checkpoint import CheckpointWriter, load_checkpoint, model_payload, unwrap_model
@@ -232,6 +233,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             "CUDA graphs: %s",
             "on (one graph per update)" if use_graphs else f"off ({graphs_blocked or 'cuda_graphs=false'})",
         )
+    if config.fused_norm:
+        blocked = fused_norm_blocked(device, channels_last=config.channels_last, compiled=config.compile)
+        state = f"on ({set_fused_norm(model)} units)" if blocked is None else f"off ({blocked})"
+        logger.info("fused BatchNorm+SiLU kernels: %s", state)
 
     # ---- resume ------------------------------------------------------------------------------
     start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
