@@ -12,10 +12,12 @@ import torch
 
 from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import load_checkpoint
-from mobilevit_torch.training.config import ConfigError
+from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, check_batch_size, train
+from mobilevit_torch.training.pipeline import CachedTrainBatches
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
 
@@ -181,6 +183,21 @@ def test_resume_refuses_another_model(folder: Path, tmp_path: Path) -> None:
     config = tiny_config(tmp_path, folder, resume=str(tmp_path / "run" / "last.pt"), **{"model.name": "mobilevit_xs"})
     with pytest.raises(ConfigError, match="mobilevit_xxs"):
         train(config, tmp_path / "other")
+
+
+def test_keras_crop_covers_the_same_share_of_the_image_at_every_scale() -> None:
+    """Cached path: the random crop is img_size pixels of the resized cache whatever size it is resampled to."""
+    recipe = RecipeConfig(augment="keras", crop_pct=64 / 70, mixup=0.0)
+    pre = Preprocessing(input_size=64)
+    images = torch.zeros(40, 3, 70, 70, dtype=torch.uint8)
+    source = CachedTrainBatches(
+        images, torch.zeros(40, dtype=torch.long), batch_size=4, img_size=64, pre=pre, recipe=recipe, seed=0,
+        sizes=[32, 64, 96],
+    )  # fmt: skip
+    plan = source._plan(0)
+    assert {size for _, size, _, _ in plan} == {32, 64, 96}
+    for _, _, boxes, _ in plan:
+        assert torch.allclose(boxes[:, 2:], torch.tensor(64 / 70))  # half-extent in normalised coordinates
 
 
 def test_keras_recipe_and_multiscale_run(folder: Path, tmp_path: Path) -> None:

@@ -51,7 +51,21 @@ def test_every_config_composes(model: str, data: str, recipe: str) -> None:
             "adam",
             0.002,
         )
-        assert (config.recipe.schedule, config.recipe.resize, config.recipe.label_smoothing) == ("constant", 280, 0.1)
+        assert (config.recipe.schedule, config.recipe.label_smoothing) == ("constant", 0.1)
+
+
+@pytest.mark.parametrize(("img_size", "resized"), [(256, 280), (64, 70), (320, 350)])
+def test_keras_recipe_resizes_in_proportion_to_the_crop(img_size: int, resized: int) -> None:
+    """The example resizes to 280 and crops 256; at other sizes the crop keeps that share of the image."""
+    from omegaconf import OmegaConf
+
+    from mobilevit_torch.preprocessing import Preprocessing
+    from mobilevit_torch.training.pipeline import train_cache_size
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["recipe=keras", "data.root=photos", f"data.img_size={img_size}"])
+    config = config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate()
+    assert train_cache_size(config.recipe, Preprocessing(input_size=img_size)) == resized
 
 
 @pytest.mark.parametrize(("key", "default"), [("cudnn_benchmark", True), ("fused_norm", False)])

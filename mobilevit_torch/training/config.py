@@ -57,7 +57,8 @@ class RecipeConfig:
     clip_grad: float = 1.0  # max gradient norm, 0 disables
     accum_steps: int = 1
     augment: Literal["rrc", "keras"] = "rrc"
-    resize: int = 0  # size of the cached training images; 0: the model's resize size for img_size
+    resize: int = 0  # side of the cached (squashed) training images; 0: data.img_size / crop_pct
+    crop_pct: float = 0.0  # keras augment: the random crop's share of that side; 0: the model's preprocessing
     rrc_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.5
@@ -120,6 +121,8 @@ class TrainConfig:
             raise ConfigError(
                 f"data.batch_size must be even with mixup/cutmix (pairs of images), got {self.data.batch_size}"
             )
+        if not 0.0 <= self.recipe.crop_pct <= 1.0:
+            raise ConfigError(f"recipe.crop_pct must be in (0, 1] (0: the model's own), got {self.recipe.crop_pct}")
         if self.recipe.augment == "keras" and 0 < self.recipe.resize < self.data.img_size:
             raise ConfigError(f"recipe.resize ({self.recipe.resize}) must be >= data.img_size ({self.data.img_size})")
         return self

@@ -116,11 +116,12 @@ class CachedTrainBatches:
             indices = order[position : position + batch]
             position += batch
             if self.recipe.augment == "keras":
-                crop = round(size * self.images.shape[-1] / self.img_size) if self.sizes else size
+                # The cache holds the images resized as the recipe says (train_cache_size): the crop is
+                # img_size of them at every scale; multi-scale only changes the size it is resampled to.
                 boxes = random_crop_boxes(
                     batch,
                     source_size=self.images.shape[-1],
-                    crop_size=min(crop, self.images.shape[-1]),
+                    crop_size=min(self.img_size, self.images.shape[-1]),
                     generator=generator,
                 )
             else:
@@ -209,7 +210,7 @@ def train_image_transform(recipe: RecipeConfig, pre: Preprocessing, size: int) -
     """Per-image training transform for the DataLoader path."""
     interpolation = interpolation_mode(pre.interpolation)
     if recipe.augment == "keras":
-        resize = recipe.resize or pre.resize_size
+        resize = train_cache_size(recipe, pre)
         steps: list = [
             T.Resize((resize * size // pre.input_size,) * 2, interpolation=interpolation),
             T.RandomCrop(size),
@@ -303,5 +304,10 @@ def loader_eval_batches(
 
 
 def train_cache_size(recipe: RecipeConfig, pre: Preprocessing) -> int:
-    """Side of the square, squashed training images kept in the cache."""
-    return recipe.resize or pre.resize_size
+    """Side of the square, squashed training images kept in the cache (and, for the keras augment, the
+    side they are resized to before the random crop of ``pre.input_size``)."""
+    if recipe.resize:
+        return recipe.resize
+    if recipe.crop_pct:
+        return round(pre.input_size / recipe.crop_pct)
+    return pre.resize_size
