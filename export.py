@@ -8,7 +8,6 @@ status 2 (an unknown key too, before Hydra starts); a failed conversion or parit
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from mobilevit_torch.cli import check_overrides
 
 CONF = Path(__file__).resolve().parent / "conf"
 CONFIG = CONF / "export.yaml"
@@ -38,24 +39,6 @@ def config_keys() -> list[str]:
         return keys
 
     return walk(config, "")
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Refuse an unknown ``key=value`` with one line naming it (Hydra's own answer is a paragraph)."""
-    keys = config_keys()
-    sizes = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue  # Hydra's flags (--cfg job, -m, --help) and their values
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if key == "model" and value not in (*sizes, "null"):
-            fail(f"unknown model {value!r}: choose model={'|'.join(sizes)}", 2)
-        if key == "hydra" or key.startswith("hydra.") or key in keys:
-            continue
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        fail(f"unknown option {key!r}{hint}; options: {', '.join(keys)}", 2)
 
 
 def fail(message: str, code: int) -> None:
@@ -92,5 +75,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
+    check_overrides(sys.argv[1:], config_keys(), {"model": sorted(p.stem for p in (CONF / "model").glob("*.yaml"))})
     main()

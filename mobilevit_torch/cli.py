@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import difflib
 import functools
 import logging
 import os
@@ -88,6 +89,31 @@ def keep_freed_memory() -> str:
     if mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) and mallopt(_M_TRIM_THRESHOLD, -1):  # -1: never trim
         return f"glibc malloc keeps freed memory for reuse ({OPT_OUT}=0 turns this off)"
     return "malloc left alone (mallopt refused)"
+
+
+def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str]]) -> None:
+    """Refuse an unknown ``key=value`` (or config group option) before Hydra starts, with one line
+    naming it and the closest key; Hydra's own answer is a paragraph. ``keys``: every settable dotted
+    key; ``groups``: each config group's options (``model``: ``s``, ``xs``, ``xxs``)."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue  # Hydra's flags (--cfg job, -m, --help) and their values
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        options = groups.get(key)
+        for choice in value.split(",") if options is not None else []:  # -m sweeps: model=xxs,xs
+            if choice not in (*options, "null"):
+                close = difflib.get_close_matches(choice, options, n=1)
+                hint = f" (did you mean {key}={close[0]}?)" if close else ""
+                _fail(f"unknown {key} {choice!r}{hint}: choose {key}={'|'.join(options)}", 2)
+        if key in keys or key in groups:
+            continue
+        # recipe.lr for lr, then the closest spelling (data.batch_size for data.batchsize)
+        close = [k for k in keys if k.endswith("." + key)] or difflib.get_close_matches(key, keys, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"options: {', '.join(keys)}"
+        _fail(f"unknown option {key!r} ({hint})", 2)
 
 
 def _fail(message: str, code: int) -> None:

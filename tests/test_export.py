@@ -293,7 +293,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
     [
         (["formt=onnx"], "error: unknown option 'formt' (did you mean 'format'?)"),
         (["data.rot=x"], "error: unknown option 'data.rot' (did you mean 'data.root'?)"),
-        (["model=xxx"], "error: unknown model 'xxx': choose model=s|xs|xxs"),
+        (["model=xxx"], "error: unknown model 'xxx' (did you mean model=xxs?): choose model=s|xs|xxs"),
         (["format=onnx", "precision=int8", "model=xxs"], "error: format=onnx does not support precision=int8"),
         (["format=onnx", "checkpoint=/no/such.pt"], "error: checkpoint not found: /no/such.pt"),
         (["format=onnx", "model=xxs", "opset=abc"], "error: opset must be an integer, got 'abc'"),

@@ -85,7 +85,10 @@ def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
         ("epochs=abc", "epochs must be an integer"),
         ("no_such_key=1", "no_such_key"),
         ("data.batch_size=-4", "data.batch_size must be positive"),
-        ("model=xxxs", "xxxs"),
+        ("model=xxxs", "unknown model 'xxxs' (did you mean model=xxs?): choose model=s|xs|xxs"),
+        ("recipe=kers", "did you mean recipe=keras?"),
+        ("data.batchsize=8", "unknown option 'data.batchsize' (did you mean 'data.batch_size'?)"),
+        ("lr=0.1", "unknown option 'lr' (did you mean 'recipe.lr'?)"),
         ("device=tpu", "device must be one of"),
         ("resume=/no/such/last.pt", "resume: no such checkpoint file"),
         ("pretrained=/no/such/weights.pt", "pretrained: no such file"),
@@ -93,8 +96,9 @@ def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
 )
 def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
     result = run_train("data=imagefolder", "data.root=.", override, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -139,6 +139,17 @@ class TrainConfig:
         return self
 
 
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config dataclass (``data.root``), nested ones included."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(config_keys(hint, f"{prefix}{f.name}."))  # type: ignore[arg-type]
+    return keys
+
+
 def config_from_dict(data: dict[str, Any], cls: type = TrainConfig, prefix: str = "") -> Any:
     """Build (and type-check) a config dataclass from plain nested dicts."""
     if not isinstance(data, dict):
