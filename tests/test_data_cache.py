@@ -142,3 +142,40 @@ def test_corrupt_cache_is_rebuilt(folder: Path, tmp_path: Path, caplog: pytest.L
         decode_images(samples, size=8, mode="squash", cache_dir=tmp_path / "cache", progress=False).images,
         first.images,
     )
+
+
+def test_unwritable_cache_dir_warns_once_and_decodes_anyway(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder that cannot be created (a path under a regular file) is found before decoding: one warning,
+    the images still come back, and nothing is raised after the work is done."""
+    (tmp_path / "file").write_text("a regular file")
+    cache_dir = tmp_path / "file" / "cache"
+    samples, _ = scan_image_folder(folder)
+    monkeypatch.setattr(cache, "_warned_dirs", set(), raising=False)
+    written: list[Path] = []
+    monkeypatch.setattr(cache, "_write_cache", lambda path, *a, **k: written.append(path))
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch.data.cache"):
+        first = decode_images(samples, size=8, mode="squash", cache_dir=cache_dir, progress=False)
+        second = decode_images(samples, size=8, mode="center_crop", cache_dir=cache_dir, progress=False)
+    assert len(first) == len(second) == len(samples) - 1  # bad.jpg skipped
+    assert not written, "no write is attempted into a folder known to be unwritable"
+    warnings = [r.getMessage() for r in caplog.records if "decode cache" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot write the decode cache to" in warnings[0], warnings
+    assert "continuing without it" in warnings[0]
+
+
+def test_failed_cache_write_is_a_warning(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    samples, _ = scan_image_folder(folder)
+    monkeypatch.setattr(cache, "_warned_dirs", set(), raising=False)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "_write_cache", disk_full)
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch.data.cache"):
+        decoded = decode_images(samples, size=8, mode="squash", cache_dir=tmp_path / "cache", progress=False)
+    assert len(decoded) == len(samples) - 1
+    assert "No space left on device; continuing without it" in caplog.text

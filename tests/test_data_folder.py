@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mobilevit_torch.data import folder
-from mobilevit_torch.data.folder import DataError, DatasetSplit, Sample, make_split, scan_image_folder
+from mobilevit_torch.data.folder import DataError, DatasetSplit, Sample, check_classes, make_split, scan_image_folder
 
 
 def image(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> Path:
@@ -185,3 +185,23 @@ def test_split_json_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad_label.json").write_text(bad_label)
     with pytest.raises(DataError, match="malformed split file"):
         DatasetSplit.from_json(tmp_path / "bad_label.json")
+
+
+def test_check_classes(caplog: pytest.LogCaptureFixture) -> None:
+    names = ["a", "b", "c"]
+    with pytest.raises(DataError, match=r"only one class \(a\) in photos: a classifier needs at least 2 classes"):
+        check_classes([0, 0], [0], ["a"], root="photos", source="split")
+    with pytest.raises(DataError, match="only 1 of the 3 classes in photos have readable training images"):
+        check_classes([0, 0], [0, 1], names, root="photos", source="split")
+    with pytest.raises(DataError, match=r"no validation images: .*at least 2 photos for a val_fraction split"):
+        check_classes([0, 1, 2], [], names, root="photos", source="split")
+    with pytest.raises(DataError, match="no validation images: photos/val holds no readable photos"):
+        check_classes([0, 1, 2], [], names, root="photos", source="folders")
+    with caplog.at_level(logging.WARNING):
+        check_classes([0, 1], [0], names, root="photos", source="split")
+        check_classes([0, 1], [0], names, root="photos", source="split", warn=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "class 'b' has no validation images (it needs at least 2 photos): its accuracy is not measured",
+        "class 'c' has no readable training images: the model cannot learn it",
+    ]

@@ -212,8 +212,18 @@ def test_keras_recipe_and_multiscale_run(folder: Path, tmp_path: Path) -> None:
         "plots": False,
     }
     assert train(tiny_config(tmp_path, folder, **keras), tmp_path / "keras")["epochs"] == 1
+    # Batch 4 (16 at 32 px): every size's area-scaled batch fits the ~24 training images.
     multiscale = {"data.multiscale": True, "data.multiscale_sizes": [32, 64, 96], "epochs": 1, "plots": False}
-    assert train(tiny_config(tmp_path, folder, **multiscale), tmp_path / "ms")["epochs"] == 1
+    assert train(tiny_config(tmp_path, folder, **multiscale, **{"data.batch_size": 4}), tmp_path / "ms")["epochs"] == 1
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_multiscale_batch_larger_than_the_training_set_says_so(folder: Path, tmp_path: Path, cache: bool) -> None:
+    """At 32 px a batch of 8 at 64 px becomes 32 images, more than the training set: the message says that
+    (it used to be "recipe.accum_steps=1 is more than the 0 steps of an epoch")."""
+    options = {"data.multiscale": True, "data.multiscale_sizes": [32], "data.cache": cache, "data.num_workers": 0}
+    with pytest.raises(ConfigError, match=r"at 32 px the batch is scaled to 32 images .* readable training images"):
+        train(tiny_config(tmp_path, folder, **options), tmp_path / "run")
 
 
 def test_gradient_accumulation_matches_one_big_batch(folder: Path, tmp_path: Path) -> None:
@@ -231,3 +241,62 @@ def test_each_run_logs_only_into_its_own_train_log(folder: Path, tmp_path: Path)
     train(tiny_config(tmp_path, folder, epochs=1, plots=False, tensorboard=False), tmp_path / "second")
     assert (tmp_path / "first" / "train.log").stat().st_size == size
     assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()
+
+
+def one_photo_per_class(root: Path) -> Path:
+    make_folder(root, per_class=1, odd_files=False)
+    return root
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_no_validation_images_is_refused_before_decoding(
+    tmp_path: Path, cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One photo per class leaves nothing for validation: one line before any decoding (it used to "succeed" with
+    val acc 0.0 % without the cache, and fail with "no samples to decode" after decoding with it)."""
+    from mobilevit_torch.training import loop
+
+    monkeypatch.setattr(loop, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
+    root = one_photo_per_class(tmp_path / "photos")
+    with pytest.raises(DataError, match=r"no validation images: .*each class needs at least 2 photos .*provide val/"):
+        train(tiny_config(tmp_path, root, **{"data.cache": cache}), tmp_path / "run")
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", odd_files=False)
+    for name in CLASSES[1:]:
+        for file in (root / name).iterdir():
+            file.unlink()
+        (root / name).rmdir()
+    with pytest.raises(DataError, match=r"only one class \(cat\) .*a classifier needs at least 2 classes"):
+        train(tiny_config(tmp_path, root), tmp_path / "run")
+
+
+def test_class_without_validation_images_is_null_in_summary(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A class too small to get a validation photo is warned about, and its per-class accuracy is null in
+    summary.json (not NaN, which is not JSON)."""
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(folder, root)
+    (root / "owl").mkdir()
+    shutil.copy(root / "cat" / "0.jpg", root / "owl" / "0.jpg")
+    with caplog.at_level("WARNING", logger="mobilevit_torch"):
+        summary = train(tiny_config(tmp_path, root, epochs=1, plots=False, tensorboard=False), tmp_path / "run")
+    assert "class 'owl' has no validation images" in caplog.text
+    assert summary["per_class_accuracy"]["owl"] is None
+    text = (tmp_path / "run" / "summary.json").read_text()
+    stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in summary.json"))
+    assert stored["per_class_accuracy"]["owl"] is None and stored["per_class_accuracy"]["cat"] is not None
+
+
+@pytest.mark.parametrize(("rate", "shown"), [(0.4321, "0.432"), (7.25, "7.25"), (23.46, "23.5"), (4412.3, "4412")])
+def test_epoch_line_shows_slow_rates(rate: float, shown: str) -> None:
+    """A short CPU epoch trains well under one image per second: not "0 img/s"."""
+    from mobilevit_torch.training.loop import epoch_line
+
+    record = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3}
+    line = epoch_line({**record, "images_per_s": rate, "epoch_time_s": 3.0}, 2)
+    assert f"| {shown} img/s |" in line, line

@@ -92,6 +92,10 @@ def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
         ("device=tpu", "device must be one of"),
         ("resume=/no/such/last.pt", "resume: no such checkpoint file"),
         ("pretrained=/no/such/weights.pt", "pretrained: no such file"),
+        ("pretrained=runs/best.pt", "pretrained: no such file"),  # not a hub id
+        ("log_every=0", "log_every must be positive, got 0"),
+        ("model.drop_rate=1.5", "model.drop_rate must be in [0, 1), got 1.5"),
+        ("data.multiscale_sizes=[50,70]", "data.multiscale_sizes must be null"),
     ],
 )
 def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
@@ -107,7 +111,9 @@ def test_missing_data_root_is_named() -> None:
     assert result.returncode == 2 and "/no/such/photos" in result.stderr
     assert "Traceback" not in result.stderr
     result = run_train("data=imagefolder", timeout=60)  # data.root is required for your own folder
-    assert result.returncode == 2 and "data.root" in result.stderr
+    assert result.returncode == 2 and "data=imagefolder needs data.root=PATH" in result.stderr, result.stderr
+    result = run_train("data=imagefolder", "data.root=README.md", timeout=60)
+    assert result.returncode == 2 and "README.md is a file, not a folder" in result.stderr, result.stderr
 
 
 def test_sigterm_saves_resumable_checkpoint(folder: Path, tmp_path: Path) -> None:

@@ -180,16 +180,35 @@ def test_refuses_pickled_objects(tmp_path: Path) -> None:
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "notes.pt").write_text("hello")
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(WeightsError, match="cannot read weights from .*notes.pt: not a PyTorch or safetensors file"):
         create_model("mobilevit_xxs", pretrained=tmp_path / "notes.pt")
+    (tmp_path / "notes.safetensors").write_text("hello, this is text")
+    with pytest.raises(WeightsError, match="notes.safetensors: not a PyTorch or safetensors file"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "notes.safetensors")
     save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(ValueError, match="not a MobileViT checkpoint"):
+    # A WeightsError (one line from the command-line tools) that is still a ValueError, naming the file.
+    with pytest.raises(WeightsError, match="other.safetensors: these weights are not a MobileViT checkpoint") as err:
         create_model("mobilevit_xxs", pretrained=tmp_path / "other.safetensors")
+    assert isinstance(err.value, ValueError)
 
 
 def test_missing_file() -> None:
     with pytest.raises(FileNotFoundError, match="no/such/file.pt"):
         create_model("mobilevit_xxs", pretrained="no/such/file.pt")
+
+
+@pytest.mark.parametrize("name", ["runs/best.pt", "runs/model.safetensors", "weights/last.pth", "tests/nothing"])
+def test_local_looking_names_are_not_hub_ids(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``owner/name`` that reads as a local path (a weights suffix, or an existing first folder) is a missing
+    file, not a hub download."""
+    from mobilevit_torch.weights import loading
+
+    monkeypatch.setattr(loading, "_read_hub", lambda *args: pytest.fail(f"{name} was fetched from the hub"))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert not loading.is_hub_id(name)
+    with pytest.raises(FileNotFoundError, match=f"pretrained weights not found: {name}"):
+        create_model("mobilevit_xxs", pretrained=name)
+    assert loading.is_hub_id("timm/mobilevit_xxs.cvnets_in1k") and loading.is_hub_id("apple/mobilevit-xx-small")
 
 
 def test_hub_offline_says_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

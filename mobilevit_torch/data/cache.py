@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,37 @@ def decode_images(
             if decoded.skipped:
                 logger.warning("%d unreadable file(s) were skipped when %s was built", len(decoded.skipped), cache_file)
     if decoded is None:
+        if cache_file is not None and not _cache_dir_writable(cache_file.parent):
+            cache_file = None  # checked before decoding: minutes of work are not lost at the end
         decoded = _decode_all(canonical, size=size, mode=mode, num_workers=num_workers, progress=progress)
         if cache_file is not None:
-            _write_cache(cache_file, decoded, size=size, mode=mode)
+            try:
+                _write_cache(cache_file, decoded, size=size, mode=mode)
+            except OSError as error:  # e.g. the disk filled up while writing
+                _warn_unwritable(cache_file.parent, error)
     return _in_order(decoded, samples)
+
+
+_warned_dirs: set[str] = set()
+
+
+def _cache_dir_writable(directory: Path) -> bool:
+    """Whether a cache file can be written into ``directory`` (created if missing); warns once per folder if not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        _warn_unwritable(directory, error)
+        return False
+    return True
+
+
+def _warn_unwritable(directory: Path, error: OSError) -> None:
+    if str(directory) not in _warned_dirs:
+        _warned_dirs.add(str(directory))
+        reason = error.strerror or type(error).__name__
+        logger.warning("cannot write the decode cache to %s: %s; continuing without it", directory, reason)
 
 
 def cache_key(samples: list[Sample], *, size: int, mode: str) -> str:

@@ -180,12 +180,65 @@ def make_split(root: Path, *, seed: int, val_fraction: float = 0.1) -> DatasetSp
     )
 
 
+def check_classes(
+    train_labels: list[int],
+    val_labels: list[int],
+    class_names: list[str],
+    *,
+    root: str | Path,
+    source: str,
+    warn: bool = True,
+) -> None:
+    """Refuse, in one line, data a classifier cannot be trained and validated on; warn about single classes.
+
+    Fewer than 2 classes (or fewer than 2 with a training image) and an empty validation set are each
+    a :class:`DataError`; with ``warn``, a class without training images (it cannot be learnt) or
+    without validation images (its accuracy is not measured) is logged by name.
+    """
+    if len(class_names) < 2:
+        found = f"only one class ({class_names[0]})" if class_names else "no class"
+        raise DataError(f"{found} in {root}: a classifier needs at least 2 classes (one sub-folder per class)")
+    train_counts = [0] * len(class_names)
+    val_counts = [0] * len(class_names)
+    for label in train_labels:
+        train_counts[label] += 1
+    for label in val_labels:
+        val_counts[label] += 1
+    learnable = [name for name, count in zip(class_names, train_counts, strict=True) if count]
+    if len(learnable) < 2:
+        raise DataError(
+            f"only {len(learnable)} of the {len(class_names)} classes in {root} have readable training images: "
+            "a classifier needs at least 2"
+        )
+    if not val_labels:
+        if source == "folders":
+            raise DataError(f"no validation images: {Path(root) / 'val'} holds no readable photos")
+        raise DataError(
+            f"no validation images: no class in {root} has a readable photo set aside for validation (each class "
+            f"needs at least {MIN_IMAGES_FOR_VAL} photos for a val_fraction split, or provide val/)"
+        )
+    if warn:
+        for name, train_count, val_count in zip(class_names, train_counts, val_counts, strict=True):
+            if not train_count:
+                logger.warning("class %r has no readable training images: the model cannot learn it", name)
+            elif not val_count:
+                logger.warning(
+                    "class %r has no validation images (it needs at least %d photos): its accuracy is not measured",
+                    name,
+                    MIN_IMAGES_FOR_VAL,
+                )
+
+
 def _label_then_path(sample: Sample) -> tuple[int, str]:
     return sample.label, sample.path
 
 
+# A class with fewer photos gets none set aside for validation (it would have none left to train on).
+MIN_IMAGES_FOR_VAL = 2
+
+
 def _num_val(n: int, val_fraction: float) -> int:
-    if val_fraction == 0.0 or n < 2:
+    if val_fraction == 0.0 or n < MIN_IMAGES_FOR_VAL:
         return 0
     return min(max(1, round(n * val_fraction)), n - 1)
 

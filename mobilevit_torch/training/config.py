@@ -5,6 +5,7 @@ fails before any work with a message naming the key."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from mobilevit_torch.weights.loading import is_hub_id
 
 
 class ConfigError(ValueError):
@@ -91,40 +92,89 @@ class TrainConfig:
     stop_after: int = 0  # > 0: stop (resumably) after this many epochs in this invocation
 
     def validate(self) -> TrainConfig:
+        """Every setting with a natural range checked; the first one outside it is a :class:`ConfigError`
+        naming the key, the allowed range and the value."""
+        data, recipe, model = self.data, self.recipe, self.model
         positive = {
             "epochs": self.epochs,
-            "data.img_size": self.data.img_size,
-            "data.batch_size": self.data.batch_size,
-            "data.eval_batch_size": self.data.eval_batch_size,
-            "recipe.accum_steps": self.recipe.accum_steps,
+            "log_every": self.log_every,
+            "data.img_size": data.img_size,
+            "data.batch_size": data.batch_size,
+            "data.eval_batch_size": data.eval_batch_size,
+            "recipe.accum_steps": recipe.accum_steps,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}")
-        if self.data.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
-        if not 0.0 < self.data.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
-        if self.data.img_size % 32:
+        at_least_zero = {
+            "seed": self.seed,
+            "max_steps_per_epoch": self.max_steps_per_epoch,
+            "stop_after": self.stop_after,
+            "data.num_workers": data.num_workers,
+            "recipe.weight_decay": recipe.weight_decay,
+            "recipe.warmup_epochs": recipe.warmup_epochs,
+            "recipe.min_lr": recipe.min_lr,
+            "recipe.clip_grad": recipe.clip_grad,
+            "recipe.resize": recipe.resize,
+            "recipe.mixup": recipe.mixup,
+            "recipe.cutmix": recipe.cutmix,
+        }
+        for key, value in at_least_zero.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.seed >= 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        _in_range("model.drop_rate", model.drop_rate, 0.0, 1.0)
+        if model.dropout is not None:
+            _in_range("model.dropout", model.dropout, 0.0, 1.0)
+        _in_range("recipe.label_smoothing", recipe.label_smoothing, 0.0, 1.0)
+        _in_range("recipe.ema_decay", recipe.ema_decay, 0.0, 1.0)
+        if not 0.0 <= recipe.hflip <= 1.0:
+            raise ConfigError(f"recipe.hflip (a probability) must be in [0, 1], got {recipe.hflip}")
+        if not 0.0 < data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
+        if not data.root:
+            if data.kind == "imagefolder":
+                raise ConfigError("data=imagefolder needs data.root=PATH (a folder with one sub-folder per class)")
+            raise ConfigError("data.root must not be empty")
+        if data.img_size % 32:
+            raise ConfigError(f"data.img_size must be a multiple of 32 (the network's stride), got {data.img_size}")
+        if data.multiscale_sizes is not None:
+            sizes = data.multiscale_sizes
+            if not sizes or any(size <= 0 or size % 32 for size in sizes):
+                raise ConfigError(
+                    "data.multiscale_sizes must be null (sizes around data.img_size) or a list of positive "
+                    f"multiples of 32 (the network's stride), got {sizes}"
+                )
+        if data.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", data.sha256):
+            raise ConfigError(f"data.sha256 must be empty or 64 hexadecimal digits, got {data.sha256!r}")
+        if recipe.lr <= 0:
+            raise ConfigError(f"recipe.lr must be positive, got {recipe.lr}")
+        if recipe.schedule == "cosine" and recipe.min_lr > recipe.lr:
             raise ConfigError(
-                f"data.img_size must be a multiple of 32 (the network's stride), got {self.data.img_size}"
+                f"recipe.min_lr must be in [0, recipe.lr={recipe.lr}] (the cosine schedule decays to it), "
+                f"got {recipe.min_lr}"
             )
-        if self.recipe.lr <= 0:
-            raise ConfigError(f"recipe.lr must be positive, got {self.recipe.lr}")
-        if not 0.0 <= self.recipe.ema_decay < 1.0:
-            raise ConfigError(f"recipe.ema_decay must be in [0, 1), got {self.recipe.ema_decay}")
-        for key in ("rrc_scale", "rrc_ratio"):
-            pair = getattr(self.recipe, key)
-            if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
-                raise ConfigError(f"recipe.{key} must be [low, high] with 0 < low <= high, got {pair}")
-        if (self.recipe.mixup > 0 or self.recipe.cutmix > 0) and self.data.batch_size % 2:
+        if 0 < recipe.resize < data.img_size:
             raise ConfigError(
-                f"data.batch_size must be even with mixup/cutmix (pairs of images), got {self.data.batch_size}"
+                f"recipe.resize must be 0 (the model's resize size) or at least data.img_size={data.img_size} "
+                f"(the training crops are taken from images of that size), got {recipe.resize}"
             )
-        if not 0.0 <= self.recipe.crop_pct <= 1.0:
-            raise ConfigError(f"recipe.crop_pct must be in (0, 1] (0: the model's own), got {self.recipe.crop_pct}")
-        if self.recipe.augment == "keras" and 0 < self.recipe.resize < self.data.img_size:
-            raise ConfigError(f"recipe.resize ({self.recipe.resize}) must be >= data.img_size ({self.data.img_size})")
+        pair = recipe.rrc_scale
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1] <= 1:
+            raise ConfigError(
+                f"recipe.rrc_scale (fractions of the image area) must be [low, high] with 0 < low <= high <= 1, "
+                f"got {pair}"
+            )
+        pair = recipe.rrc_ratio
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ConfigError(f"recipe.rrc_ratio must be [low, high] with 0 < low <= high, got {pair}")
+        if (recipe.mixup > 0 or recipe.cutmix > 0) and data.batch_size % 2:
+            raise ConfigError(
+                f"data.batch_size must be even with mixup/cutmix (pairs of images), got {data.batch_size}"
+            )
+        if not 0.0 <= recipe.crop_pct <= 1.0:
+            raise ConfigError(f"recipe.crop_pct must be in (0, 1] (0: the model's own), got {recipe.crop_pct}")
         return self
 
     def check_paths(self) -> TrainConfig:
@@ -132,9 +182,12 @@ class TrainConfig:
         if self.resume and not Path(self.resume).expanduser().is_file():
             raise ConfigError(f"resume: no such checkpoint file: {self.resume}")
         pretrained = self.pretrained
-        if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists() and not _HUB_ID.match(pretrained):
+        if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists() and not is_hub_id(pretrained):
             raise ConfigError(f"pretrained: no such file or folder: {pretrained}")
-        if self.data.kind == "imagefolder" and not Path(self.data.root).expanduser().is_dir():
+        root = Path(self.data.root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"data.root: {self.data.root} is a file, not a folder (one sub-folder per class)")
+        if self.data.kind == "imagefolder" and not root.is_dir():
             raise ConfigError(f"data.root: no such folder: {self.data.root}")
         return self
 
@@ -148,6 +201,12 @@ def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(hint):
             keys.extend(config_keys(hint, f"{prefix}{f.name}."))  # type: ignore[arg-type]
     return keys
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    """``low <= value < high``, or a :class:`ConfigError` naming the key and the range."""
+    if not low <= value < high:
+        raise ConfigError(f"{key} must be in [{low:g}, {high:g}), got {value}")
 
 
 def config_from_dict(data: dict[str, Any], cls: type = TrainConfig, prefix: str = "") -> Any:
@@ -196,6 +255,8 @@ def _check(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from mobilevit_torch.data.cache import decode_images
 from mobilevit_torch.data.datasets import find_unreadable
 from mobilevit_torch.data.download import FLOWERS_SHA256, FLOWERS_URL, prepare_flowers
-from mobilevit_torch.data.folder import DataError, DatasetSplit, make_split
+from mobilevit_torch.data.folder import DataError, DatasetSplit, check_classes, make_split
 from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
 from mobilevit_torch.registry import create_model
@@ -94,6 +94,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     # ---- data: folder -> split -> decoded cache (or per-image loader) -------------------------
     split, skipped = prepare_split(config, run_dir, info)
     class_names = split.class_names
+    check_classes(  # before any decoding (with the cache, the readable images are checked again once known)
+        [s.label for s in split.train],
+        [s.label for s in split.val],
+        class_names,
+        root=config.data.root,
+        source=split.source,
+        warn=not config.data.cache,
+    )
 
     # ---- model -------------------------------------------------------------------------------
     model = create_model(
@@ -135,7 +143,16 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             progress=info.is_main and config.progress,
         )
         skipped += train_cache.skipped + val_cache.skipped
+        check_classes(
+            train_cache.labels.tolist(),
+            val_cache.labels.tolist(),
+            class_names,
+            root=config.data.root,
+            source=split.source,
+        )
         check_batch_size(len(train_cache.labels), config.data.batch_size, info.world_size)
+        if sizes:
+            check_multiscale_batch(len(train_cache.labels), config, sizes, info.world_size)
         train_batches: Any = pipeline.CachedTrainBatches(
             train_cache.images.to(device),
             train_cache.labels.to(device),
@@ -162,6 +179,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         num_train, num_val = len(train_cache.labels), len(val_cache.labels)
     else:
         check_batch_size(len(split.train), config.data.batch_size, info.world_size)
+        if sizes:
+            check_multiscale_batch(len(split.train), config, sizes, info.world_size)
         train_batches = pipeline.LoaderTrainBatches(
             split.train,
             batch_size=config.data.batch_size,
@@ -445,7 +464,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
         if best_confusion is not None:
             accuracies = per_class_accuracy(best_confusion.cpu())
-            summary["per_class_accuracy"] = dict(zip(class_names, accuracies, strict=True))
+            # null, not NaN (invalid JSON), for a class without validation images
+            summary["per_class_accuracy"] = {
+                name: None if math.isnan(accuracy) else accuracy
+                for name, accuracy in zip(class_names, accuracies, strict=True)
+            }
             summary["confusion_matrix"] = best_confusion.cpu().tolist()
         if config.plots:
             from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
@@ -572,6 +595,22 @@ def check_batch_size(num_train: int, batch_size: int, world_size: int) -> None:
         )
 
 
+def check_multiscale_batch(num_train: int, config: TrainConfig, sizes: list[int], world_size: int) -> None:
+    """Refuse multi-scale sizes whose batch, scaled up by area, is larger than the training set (an epoch
+    could never hold such a batch)."""
+    batch, base, size = config.data.batch_size, config.data.img_size, min(sizes)  # smallest images: largest batch
+    if config.data.cache:
+        scaled = batch if size == base else pipeline.scaled_batch(batch, base, size, world_size)
+    else:  # MultiScaleBatchSampler: each rank scales its share
+        scaled = world_size * max(1, (batch // world_size) * base**2 // size**2)
+    if scaled > num_train:
+        raise ConfigError(
+            f"data.multiscale: at {size} px the batch is scaled to {scaled} images (data.batch_size={batch} x "
+            f"({base}/{size})^2), more than the {num_train} readable training images: lower data.batch_size or "
+            "leave the small sizes out of data.multiscale_sizes"
+        )
+
+
 def restore(
     payload: dict[str, Any],
     model: nn.Module,
@@ -660,8 +699,13 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
         f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
         f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
         f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
-        f"{record['images_per_s']:.0f} img/s | {record['epoch_time_s']:.1f} s"
+        f"{_rate(record['images_per_s'])} img/s | {record['epoch_time_s']:.1f} s"
     )
+
+
+def _rate(value: float) -> str:
+    """Images per second: whole numbers from 100 up, three significant digits below (``0.43``, not ``0``)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def summary_line(summary: dict[str, Any]) -> str:

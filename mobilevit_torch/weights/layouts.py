@@ -91,8 +91,13 @@ _RULES: dict[Layout, list[Rule]] = {
 }
 
 
-class UnknownLayoutError(ValueError):
-    """The tensors do not look like any known MobileViT checkpoint layout."""
+class WeightsError(ValueError):
+    """Weights that cannot be read, or do not fit the model."""
+
+
+class UnknownLayoutError(WeightsError):
+    """The tensors do not look like any known MobileViT checkpoint layout (a :class:`WeightsError`,
+    so the command-line tools report it in one line)."""
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from mobilevit_torch.preprocessing import APPLE_IMAGENET, TIMM_IMAGENET, Preprocessing
-from mobilevit_torch.weights.layouts import Layout, convert_state_dict, detect_layout, strip_wrapper_prefixes
+from mobilevit_torch.weights.layouts import (
+    Layout,
+    UnknownLayoutError,
+    WeightsError,
+    convert_state_dict,
+    detect_layout,
+    strip_wrapper_prefixes,
+)
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -33,10 +40,6 @@ PUBLISHED: dict[str, dict[str, str]] = {
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be read, or do not fit the model."""
 
 
 @dataclass
@@ -66,7 +69,7 @@ def read_pretrained(model_name: str, pretrained: bool | str | Path) -> LoadedWei
     path = Path(pretrained).expanduser()
     if path.exists():
         weights = read_weights(path)
-    elif _HUB_ID.match(str(pretrained)) and not str(pretrained).startswith((".", "/")):
+    elif is_hub_id(str(pretrained)):
         weights = _read_hub(str(pretrained), model_name)
     else:
         raise FileNotFoundError(f"pretrained weights not found: {pretrained} (no such file or directory)")
@@ -76,6 +79,18 @@ def read_pretrained(model_name: str, pretrained: bool | str | Path) -> LoadedWei
             f"use create_model({weights.model_name!r}, pretrained=...)"
         )
     return weights
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether ``value`` (which names nothing on disk) is to be fetched from the Hugging Face hub.
+
+    ``owner/name`` is a hub id unless it reads as a local path: it starts with ``.``, ``/`` or ``~``,
+    ends like a weights file (``runs/best.pt``), or its first part is an existing local folder."""
+    if not _HUB_ID.match(value) or value.startswith((".", "/", "~")):
+        return False
+    if value.lower().endswith(_WEIGHT_SUFFIXES):
+        return False
+    return not Path(value.split("/", 1)[0]).is_dir()
 
 
 def read_weights(path: Path) -> LoadedWeights:
@@ -96,7 +111,10 @@ def read_weights(path: Path) -> LoadedWeights:
         raise WeightsError(f"{file} does not contain a dictionary of tensors (a state dict)")
 
     state_dict = strip_wrapper_prefixes(dict(raw))
-    layout = detect_layout(state_dict)
+    try:
+        layout = detect_layout(state_dict)
+    except UnknownLayoutError as error:
+        raise UnknownLayoutError(f"{file}: {error}") from None
     weights = LoadedWeights(convert_state_dict(state_dict, layout), layout, str(file))
     if metadata:
         weights.model_name = metadata.get("model_name")
@@ -170,10 +188,27 @@ def _load_file(file: Path) -> Any:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        kind = _file_kind(file)
+        reason = first_line if kind else "not a PyTorch or safetensors file"
         raise WeightsError(
-            f"cannot read weights from {file}: {first_line}. Expected a .safetensors file or a "
+            f"cannot read weights from {file}: {reason}. Expected a .safetensors file or a "
             "torch.save'd state dict of tensors (arbitrary pickled objects are refused)."
         ) from None
+
+
+def _file_kind(file: Path) -> str | None:
+    """``"torch"`` (a zip archive or a pickle), ``"safetensors"`` (a length-prefixed JSON header), or None."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(9)
+        size = file.stat().st_size
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save's zip; a legacy pickle
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
 
 
 def _read_hub(repo_id: str, model_name: str) -> LoadedWeights:
