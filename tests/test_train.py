@@ -13,7 +13,7 @@ import torch
 from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.training import schedule
-from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
 from mobilevit_torch.training.config import ConfigError
 from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, check_batch_size, train
 from tests.train_helpers import CLASSES, make_folder, tiny_config
@@ -214,3 +214,29 @@ def test_each_run_logs_only_into_its_own_train_log(folder: Path, tmp_path: Path)
     train(tiny_config(tmp_path, folder, epochs=1, plots=False, tensorboard=False), tmp_path / "second")
     assert (tmp_path / "first" / "train.log").stat().st_size == size
     assert "epoch 1/1" in (tmp_path / "second" / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("text.pt", r"cannot read .*text\.pt .*not a PyTorch checkpoint file"),
+        ("truncated.pt", r"cannot read .*truncated\.pt .*another format, or truncated"),
+        ("state_dict.pt", r"state_dict\.pt is not a mobilevit-torch training checkpoint"),
+        ("best.pt", r"best\.pt is a best\.pt \(weights only, no training state\); resume from last\.pt"),
+    ],
+)
+def test_resume_from_a_file_that_is_no_training_checkpoint_is_one_error(
+    folder: Path, tmp_path: Path, name: str, message: str
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path, folder, epochs=1, max_steps_per_epoch=1, plots=False, tensorboard=False), run)
+    bad = {
+        "text.pt": lambda path: path.write_text("hello"),
+        "truncated.pt": lambda path: path.write_bytes((run / "last.pt").read_bytes()[:50_000]),
+        "state_dict.pt": lambda path: torch.save(load_checkpoint(run / "last.pt")["state_dict"], path),
+        "best.pt": lambda path: None,
+    }
+    path = run / name
+    bad[name](path)
+    with pytest.raises(CheckpointError, match=message):
+        train(tiny_config(tmp_path, folder, resume=str(path)), tmp_path / "ignored")

@@ -194,3 +194,26 @@ def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(load_checkpoint(p)["model_name"] for p in (tmp_path / "sweep").glob("*/last.pt"))
     assert names == ["mobilevit_xs", "mobilevit_xxs"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train.py run of 2 epochs (one step each) stopped after the first: a resumable last.pt."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    config = tiny_config(tmp, folder, epochs=2, max_steps_per_epoch=1, stop_after=1, plots=False, tensorboard=False)
+    result = run_train(*as_overrides(config), f"hydra.run.dir={tmp / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tmp / "run"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("best.pt", "best.pt is a best.pt (weights only, no training state); resume from last.pt in the same folder"),
+        ("split.json", "split.json as a mobilevit-torch training checkpoint (not a PyTorch checkpoint file"),
+    ],
+)
+def test_resume_from_a_wrong_file_is_one_line(stopped_run: Path, tmp_path: Path, name: str, message: str) -> None:
+    result = run_train(f"resume={stopped_run / name}", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -32,7 +32,13 @@ from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training import pipeline
-from mobilevit_torch.training.checkpoint import CheckpointWriter, load_checkpoint, model_payload, unwrap_model
+from mobilevit_torch.training.checkpoint import (
+    CheckpointWriter,
+    load_checkpoint,
+    model_payload,
+    read_training_checkpoint,
+    unwrap_model,
+)
 from mobilevit_torch.training.config import ConfigError, TrainConfig
 from mobilevit_torch.training.distributed import (
     DistInfo,
@@ -82,7 +88,7 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
 
 def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistInfo) -> dict[str, Any]:
     started = time.perf_counter()
-    resume = load_checkpoint(config.resume) if config.resume else None
+    resume = read_training_checkpoint(config.resume) if config.resume else None
     if resume is not None:
         run_dir = Path(config.resume).resolve().parent  # a resumed run continues in its own folder
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -589,8 +595,12 @@ def restore(
             f"resume: the checkpoint's classes {payload['class_names']} differ from the data's {class_names}"
         )
     unwrap_model(model).load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except ValueError as error:
+        raise ConfigError(f"resume: the checkpoint's optimizer state does not fit this optimizer ({error})") from None
+    if scaler.is_enabled() and payload["scaler"]:  # an fp16 run's loss scale; empty from a run without one
+        scaler.load_state_dict(payload["scaler"])
     if ema is not None and payload.get("ema"):
         ema.load_state_dict(payload["ema"])
     step_in_epoch = int(payload.get("step_in_epoch", 0))
