@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -240,3 +241,26 @@ def test_resume_from_a_file_that_is_no_training_checkpoint_is_one_error(
     bad[name](path)
     with pytest.raises(CheckpointError, match=message):
         train(tiny_config(tmp_path, folder, resume=str(path)), tmp_path / "ignored")
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, **options), run)
+    files = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.raises(ConfigError, match=f"run directory {run} already holds a run; resume it with resume="):
+        train(tiny_config(tmp_path, folder, **options), run)
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == files
+
+
+def test_a_fresh_run_makes_its_own_split_over_a_stale_split_json(folder: Path, tmp_path: Path) -> None:
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "old")
+    two_classes = tmp_path / "two"
+    shutil.copytree(folder, two_classes, ignore=shutil.ignore_patterns("fox"))
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tmp_path / "old" / "split.json", run / "split.json")  # another folder's split, nothing else
+    train(tiny_config(tmp_path, two_classes, **options), run)
+    assert load_checkpoint(run / "last.pt")["class_names"] == ["cat", "dog"]
+    assert str(two_classes) in (run / "split.json").read_text()

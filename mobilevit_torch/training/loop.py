@@ -91,6 +91,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     resume = read_training_checkpoint(config.resume) if config.resume else None
     if resume is not None:
         run_dir = Path(config.resume).resolve().parent  # a resumed run continues in its own folder
+    elif broadcast_flag(holds_run(run_dir), info, device):
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; resume it with resume={run_dir / 'last.pt'} "
+            "or choose another run directory (hydra.run.dir)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         _log_to_file(run_dir / "train.log")
@@ -98,7 +103,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     random.seed(config.seed)
 
     # ---- data: folder -> split -> decoded cache (or per-image loader) -------------------------
-    split, skipped = prepare_split(config, run_dir, info)
+    split, skipped = prepare_split(config, run_dir, info, reuse=resume is not None)
     class_names = split.class_names
 
     # ---- model -------------------------------------------------------------------------------
@@ -530,10 +535,20 @@ def evaluate(
     return loss_sum.item() / count, confusion.diag().sum().item() / count, confusion
 
 
-def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[DatasetSplit, list]:
-    """Find (or download) the photos, split them (or reuse the run's split), drop unreadable files."""
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoints or metrics (split.json and logs alone do not count)."""
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def prepare_split(
+    config: TrainConfig, run_dir: Path, info: DistInfo, *, reuse: bool = False
+) -> tuple[DatasetSplit, list]:
+    """Find (or download) the photos, split them (or, ``reuse``: take the run's split.json), drop unreadable files."""
     split_file = run_dir / "split.json"
-    if split_file.exists():
+    if reuse and split_file.exists():
         split = DatasetSplit.from_json(split_file)
     else:
         root = Path(config.data.root).expanduser()
