@@ -264,3 +264,53 @@ def test_a_fresh_run_makes_its_own_split_over_a_stale_split_json(folder: Path, t
     train(tiny_config(tmp_path, two_classes, **options), run)
     assert load_checkpoint(run / "last.pt")["class_names"] == ["cat", "dog"]
     assert str(two_classes) in (run / "split.json").read_text()
+
+
+def test_resuming_a_finished_run_leaves_it_untouched(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mobilevit_torch.training.loop as loop
+
+    run = tmp_path / "run"
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False}
+    train(tiny_config(tmp_path, folder, **options), run)
+    files = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run needs no data")
+
+    monkeypatch.setattr(loop, "prepare_split", no_data)
+    with caplog.at_level("WARNING", logger="mobilevit_torch"):
+        summary = train(tiny_config(tmp_path, folder, resume=str(run / "last.pt"), **options), tmp_path / "ignored")
+    assert "already finished 1 epochs (epochs=1): nothing to train; pass epochs=N with N > 1" in caplog.text
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_resume_names_and_applies_each_changed_setting(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = {"epochs": 2, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "run")
+    last = str(tmp_path / "run" / "last.pt")
+    changed = tiny_config(tmp_path, folder, resume=last, **{**options, "epochs": 3, "recipe.weight_decay": 0.01})
+    with caplog.at_level("WARNING", logger="mobilevit_torch"):
+        train(changed, tmp_path / "ignored")
+    lines = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("resume: "))
+    assert lines == [
+        "resume: epochs 2 -> 3 (overrides the checkpoint's setting)",
+        "resume: recipe.weight_decay 0.05 -> 0.01 (overrides the checkpoint's setting)",
+    ]
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["epoch"] == 3 and checkpoint["config"]["epochs"] == 3
+    assert checkpoint["optimizer"]["param_groups"][0]["weight_decay"] == 0.01, "not the checkpoint's 0.05"
+
+
+def test_resume_refuses_settings_the_checkpoint_fixes(folder: Path, tmp_path: Path) -> None:
+    options = {"epochs": 2, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False, "stop_after": 1}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "run")
+    for key, value in {"recipe.optimizer": "adam", "recipe.accum_steps": 2, "data.val_fraction": 0.5}.items():
+        changed = tiny_config(tmp_path, folder, resume=str(tmp_path / "run" / "last.pt"), **{**options, key: value})
+        with pytest.raises(ConfigError, match=rf"^resume: {key} cannot change when resuming \("):
+            train(changed, tmp_path / "ignored")

@@ -51,6 +51,7 @@ from mobilevit_torch.training.distributed import (
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
 from mobilevit_torch.training.mixing import Mixer
+from mobilevit_torch.training.resume import resume_changes
 from mobilevit_torch.training.run_log import RunLogger
 from mobilevit_torch.training.schedule import learning_rate
 from mobilevit_torch.training.step import TrainStep
@@ -89,8 +90,12 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
 def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistInfo) -> dict[str, Any]:
     started = time.perf_counter()
     resume = read_training_checkpoint(config.resume) if config.resume else None
+    changes: list[str] = []  # settings a resume takes from config instead of the checkpoint
     if resume is not None:
-        run_dir = Path(config.resume).resolve().parent  # a resumed run continues in its own folder
+        run_dir = Path(config.resume).expanduser().resolve().parent  # a resumed run continues in its own folder
+        changes = resume_changes(resume["config"], dataclasses.asdict(config))
+        if int(resume["epoch"]) >= config.epochs:
+            return finished_run(run_dir, int(resume["epoch"]), config.epochs, say=info.is_main)
     elif broadcast_flag(holds_run(run_dir), info, device):
         raise ConfigError(
             f"run directory {run_dir} already holds a run; resume it with resume={run_dir / 'last.pt'} "
@@ -99,6 +104,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         _log_to_file(run_dir / "train.log")
+        for line in changes:
+            logger.warning(line)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     random.seed(config.seed)
 
@@ -109,7 +116,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     # ---- model -------------------------------------------------------------------------------
     model = create_model(
         config.model.name,
-        pretrained=config.pretrained or False,
+        pretrained=(config.pretrained or False) if resume is None else False,  # resuming loads the checkpoint's
         num_classes=len(class_names),
         drop_rate=config.model.drop_rate,
         dropout=config.model.dropout,
@@ -543,6 +550,22 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_FILES)
 
 
+def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> dict[str, Any]:
+    """A resumed run with nothing left to train: its summary, its files untouched (``say``: log why)."""
+    if say:
+        logger.warning(
+            "the run in %s already finished %d epochs (epochs=%d): nothing to train; pass epochs=N with N > %d "
+            "to train longer",
+            run_dir,
+            done,
+            epochs,
+            done,
+        )
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": str(run_dir), "epochs": done}
+
+
 def prepare_split(
     config: TrainConfig, run_dir: Path, info: DistInfo, *, reuse: bool = False
 ) -> tuple[DatasetSplit, list]:
@@ -610,10 +633,13 @@ def restore(
             f"resume: the checkpoint's classes {payload['class_names']} differ from the data's {class_names}"
         )
     unwrap_model(model).load_state_dict(payload["state_dict"])
+    options = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(payload["optimizer"])
     except ValueError as error:
         raise ConfigError(f"resume: the checkpoint's optimizer state does not fit this optimizer ({error})") from None
+    for group, current in zip(optimizer.param_groups, options, strict=True):
+        group.update(current)  # this run's settings (weight decay, fused, ...); the checkpoint's moments
     if scaler.is_enabled() and payload["scaler"]:  # an fp16 run's loss scale; empty from a run without one
         scaler.load_state_dict(payload["scaler"])
     if ema is not None and payload.get("ema"):
