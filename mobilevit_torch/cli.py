@@ -30,7 +30,7 @@ def user_errors(fn: F) -> F:
 
         from mobilevit_torch.data.folder import DataError
         from mobilevit_torch.registry import UnknownModelError
-        from mobilevit_torch.training.checkpoint import CheckpointWriteError
+        from mobilevit_torch.training.checkpoint import CheckpointError, CheckpointWriteError
         from mobilevit_torch.training.config import ConfigError
         from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted
         from mobilevit_torch.weights import WeightsError
@@ -41,7 +41,7 @@ def user_errors(fn: F) -> F:
             _fail(str(err), 128 + int(err.signum))
         except (TrainingDiverged, CheckpointWriteError) as err:
             _fail(str(err), 1)
-        except (ConfigError, DataError, WeightsError, UnknownModelError, FileNotFoundError) as err:
+        except (ConfigError, CheckpointError, DataError, WeightsError, UnknownModelError, FileNotFoundError) as err:
             _fail(str(err), 2)
         except OmegaConfBaseException as err:
             _fail(str(err).splitlines()[0], 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
-from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, check_batch_size, train
 from mobilevit_torch.training.pipeline import CachedTrainBatches
@@ -300,3 +301,102 @@ def test_epoch_line_shows_slow_rates(rate: float, shown: str) -> None:
     record = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3}
     line = epoch_line({**record, "images_per_s": rate, "epoch_time_s": 3.0}, 2)
     assert f"| {shown} img/s |" in line, line
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("text.pt", r"cannot read .*text\.pt .*not a PyTorch checkpoint file"),
+        ("truncated.pt", r"cannot read .*truncated\.pt .*another format, or truncated"),
+        ("state_dict.pt", r"state_dict\.pt is not a mobilevit-torch training checkpoint"),
+        ("best.pt", r"best\.pt is a best\.pt \(weights only, no training state\); resume from last\.pt"),
+    ],
+)
+def test_resume_from_a_file_that_is_no_training_checkpoint_is_one_error(
+    folder: Path, tmp_path: Path, name: str, message: str
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(tmp_path, folder, epochs=1, max_steps_per_epoch=1, plots=False, tensorboard=False), run)
+    bad = {
+        "text.pt": lambda path: path.write_text("hello"),
+        "truncated.pt": lambda path: path.write_bytes((run / "last.pt").read_bytes()[:50_000]),
+        "state_dict.pt": lambda path: torch.save(load_checkpoint(run / "last.pt")["state_dict"], path),
+        "best.pt": lambda path: None,
+    }
+    path = run / name
+    bad[name](path)
+    with pytest.raises(CheckpointError, match=message):
+        train(tiny_config(tmp_path, folder, resume=str(path)), tmp_path / "ignored")
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, **options), run)
+    files = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with pytest.raises(ConfigError, match=f"run directory {run} already holds a run; resume it with resume="):
+        train(tiny_config(tmp_path, folder, **options), run)
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == files
+
+
+def test_a_fresh_run_makes_its_own_split_over_a_stale_split_json(folder: Path, tmp_path: Path) -> None:
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "old")
+    two_classes = tmp_path / "two"
+    shutil.copytree(folder, two_classes, ignore=shutil.ignore_patterns("fox"))
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tmp_path / "old" / "split.json", run / "split.json")  # another folder's split, nothing else
+    train(tiny_config(tmp_path, two_classes, **options), run)
+    assert load_checkpoint(run / "last.pt")["class_names"] == ["cat", "dog"]
+    assert str(two_classes) in (run / "split.json").read_text()
+
+
+def test_resuming_a_finished_run_leaves_it_untouched(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mobilevit_torch.training.loop as loop
+
+    run = tmp_path / "run"
+    options = {"epochs": 1, "max_steps_per_epoch": 1, "plots": False}
+    train(tiny_config(tmp_path, folder, **options), run)
+    files = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run needs no data")
+
+    monkeypatch.setattr(loop, "prepare_split", no_data)
+    with caplog.at_level("WARNING", logger="mobilevit_torch"):
+        summary = train(tiny_config(tmp_path, folder, resume=str(run / "last.pt"), **options), tmp_path / "ignored")
+    assert "already finished 1 epochs (epochs=1): nothing to train; pass epochs=N with N > 1" in caplog.text
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_resume_names_and_applies_each_changed_setting(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = {"epochs": 2, "max_steps_per_epoch": 1, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "run")
+    last = str(tmp_path / "run" / "last.pt")
+    changed = tiny_config(tmp_path, folder, resume=last, **{**options, "epochs": 3, "recipe.weight_decay": 0.01})
+    with caplog.at_level("WARNING", logger="mobilevit_torch"):
+        train(changed, tmp_path / "ignored")
+    lines = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("resume: "))
+    assert lines == [
+        "resume: epochs 2 -> 3 (overrides the checkpoint's setting)",
+        "resume: recipe.weight_decay 0.05 -> 0.01 (overrides the checkpoint's setting)",
+    ]
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["epoch"] == 3 and checkpoint["config"]["epochs"] == 3
+    assert checkpoint["optimizer"]["param_groups"][0]["weight_decay"] == 0.01, "not the checkpoint's 0.05"
+
+
+def test_resume_refuses_settings_the_checkpoint_fixes(folder: Path, tmp_path: Path) -> None:
+    options = {"epochs": 2, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False, "stop_after": 1}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "run")
+    for key, value in {"recipe.optimizer": "adam", "recipe.accum_steps": 2, "data.val_fraction": 0.5}.items():
+        changed = tiny_config(tmp_path, folder, resume=str(tmp_path / "run" / "last.pt"), **{**options, key: value})
+        with pytest.raises(ConfigError, match=rf"^resume: {key} cannot change when resuming \("):
+            train(changed, tmp_path / "ignored")

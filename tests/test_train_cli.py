@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,3 +219,67 @@ def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(load_checkpoint(p)["model_name"] for p in (tmp_path / "sweep").glob("*/last.pt"))
     assert names == ["mobilevit_xs", "mobilevit_xxs"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train.py run of 2 epochs (one step each) stopped after the first: a resumable last.pt."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    config = tiny_config(tmp, folder, epochs=2, max_steps_per_epoch=1, stop_after=1, plots=False, tensorboard=False)
+    result = run_train(*as_overrides(config), f"hydra.run.dir={tmp / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tmp / "run"
+
+
+def test_resume_continues_with_the_checkpoints_settings(stopped_run: Path, tmp_path: Path) -> None:
+    """Only what the command line sets changes (each change named); the checkpoint's folder is the run's."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    result = run_train(f"resume={run / 'last.pt'}", "epochs=3", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    changes = [line for line in result.stderr.splitlines() if line.startswith("resume: ")]
+    assert changes == ["resume: epochs 2 -> 3 (overrides the checkpoint's setting)"]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["epochs"], config["data"]["img_size"], config["data"]["batch_size"]) == (3, 64, 8)
+    assert config["stop_after"] == 0, "stop_after is per invocation, not inherited"
+    assert [r["epoch"] for r in load_checkpoint(run / "last.pt")["history"]] == [1, 2, 3]
+    assert not (tmp_path / "hydra").exists(), "the folder Hydra made for the resume is removed"
+
+    files = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    again = run_train(f"resume={run / 'last.pt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert again.returncode == 0 and "already finished 3 epochs" in again.stderr, again.stderr[-2000:]
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
+
+    overrides = as_overrides(config_from_dict(config))
+    fresh = run_train(*[o for o in overrides if not o.startswith("resume=")], f"hydra.run.dir={run}", timeout=60)
+    assert fresh.returncode == 2 and f"run directory {run} already holds a run" in fresh.stderr, fresh.stderr
+    hydra_record = run / ".hydra"  # Hydra itself rewrites it before train.py runs
+    kept = {path: data for path, data in files.items() if hydra_record not in path.parents}
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("recipe=keras", "resume: recipe.optimizer cannot change when resuming ('adamw' in the checkpoint, 'adam'"),
+        ("model=xs", "resume: model.name cannot change when resuming"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_change(stopped_run: Path, tmp_path: Path, override: str, message: str) -> None:
+    result = run_train(f"resume={stopped_run / 'last.pt'}", override, f"hydra.run.dir={tmp_path / 'hydra'}", timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "hydra").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("best.pt", "best.pt is a best.pt (weights only, no training state); resume from last.pt in the same folder"),
+        ("split.json", "split.json as a mobilevit-torch training checkpoint (not a PyTorch checkpoint file"),
+    ],
+)
+def test_resume_from_a_wrong_file_is_one_line(stopped_run: Path, tmp_path: Path, name: str, message: str) -> None:
+    result = run_train(f"resume={stopped_run / name}", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -19,6 +19,7 @@ background thread: training goes on while a checkpoint is serialised and synced 
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -182,9 +183,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except NotACheckpointError:
         raise
     except Exception as error:  # not a torch file at all, or one holding pickled objects we refuse
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
+        reason = _unreadable(path, error)
         raise CheckpointError(f"cannot read {path} as a mobilevit-torch training checkpoint ({reason})") from None
     if not isinstance(payload.get("model_name"), str):
         raise CheckpointError(f"{path} does not say which model it holds (no 'model_name')")
+    return payload
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load failed, in a few words (its own messages run to several sentences, or say ``KeyError: 105``)."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return "not a PyTorch checkpoint file: another format, or truncated"
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+
+
+TRAINING_STATE = ("epoch", "optimizer", "scaler", "config")
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume training from: :func:`read_checkpoint`, plus the training state a resume needs.
+
+    Raises:
+        FileNotFoundError, NotACheckpointError, CheckpointError: as :func:`read_checkpoint`; also
+            CheckpointError for weights without training state (a ``best.pt``) or an incomplete one.
+    """
+    path = Path(path).expanduser()
+    payload = read_checkpoint(path)
+    if payload.get("optimizer") is None:
+        what = "is a best.pt (weights only, no" if "best" in payload else "holds weights only (no"
+        raise CheckpointError(f"{path} {what} training state); resume from last.pt in the same folder")
+    needed = [*TRAINING_STATE, "rng"] if payload.get("step_in_epoch") else TRAINING_STATE
+    missing = [key for key in needed if payload.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{path} lacks the training state a resume needs (no {', '.join(missing)})")
     return payload

@@ -181,7 +181,7 @@ class TrainConfig:
         """Paths that must exist before any work starts."""
         if self.resume and not Path(self.resume).expanduser().is_file():
             raise ConfigError(f"resume: no such checkpoint file: {self.resume}")
-        pretrained = self.pretrained
+        pretrained = None if self.resume else self.pretrained  # a resume starts from its checkpoint's weights
         if isinstance(pretrained, str) and not Path(pretrained).expanduser().exists() and not is_hub_id(pretrained):
             raise ConfigError(f"pretrained: no such file or folder: {pretrained}")
         root = Path(self.data.root).expanduser()

@@ -32,7 +32,13 @@ from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training import pipeline
-from mobilevit_torch.training.checkpoint import CheckpointWriter, load_checkpoint, model_payload, unwrap_model
+from mobilevit_torch.training.checkpoint import (
+    CheckpointWriter,
+    load_checkpoint,
+    model_payload,
+    read_training_checkpoint,
+    unwrap_model,
+)
 from mobilevit_torch.training.config import ConfigError, TrainConfig
 from mobilevit_torch.training.distributed import (
     DistInfo,
@@ -45,6 +51,7 @@ from mobilevit_torch.training.distributed import (
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
 from mobilevit_torch.training.mixing import Mixer
+from mobilevit_torch.training.resume import resume_changes
 from mobilevit_torch.training.run_log import RunLogger
 from mobilevit_torch.training.schedule import learning_rate
 from mobilevit_torch.training.step import TrainStep
@@ -82,17 +89,28 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
 
 def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistInfo) -> dict[str, Any]:
     started = time.perf_counter()
-    resume = load_checkpoint(config.resume) if config.resume else None
+    resume = read_training_checkpoint(config.resume) if config.resume else None
+    changes: list[str] = []  # settings a resume takes from config instead of the checkpoint
     if resume is not None:
-        run_dir = Path(config.resume).resolve().parent  # a resumed run continues in its own folder
+        run_dir = Path(config.resume).expanduser().resolve().parent  # a resumed run continues in its own folder
+        changes = resume_changes(resume["config"], dataclasses.asdict(config))
+        if int(resume["epoch"]) >= config.epochs:
+            return finished_run(run_dir, int(resume["epoch"]), config.epochs, say=info.is_main)
+    elif broadcast_flag(holds_run(run_dir), info, device):
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; resume it with resume={run_dir / 'last.pt'} "
+            "or choose another run directory (hydra.run.dir)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         _log_to_file(run_dir / "train.log")
+        for line in changes:
+            logger.warning(line)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     random.seed(config.seed)
 
     # ---- data: folder -> split -> decoded cache (or per-image loader) -------------------------
-    split, skipped = prepare_split(config, run_dir, info)
+    split, skipped = prepare_split(config, run_dir, info, reuse=resume is not None)
     class_names = split.class_names
     check_classes(  # before any decoding (with the cache, the readable images are checked again once known)
         [s.label for s in split.train],
@@ -106,7 +124,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     # ---- model -------------------------------------------------------------------------------
     model = create_model(
         config.model.name,
-        pretrained=config.pretrained or False,
+        pretrained=(config.pretrained or False) if resume is None else False,  # resuming loads the checkpoint's
         num_classes=len(class_names),
         drop_rate=config.model.drop_rate,
         dropout=config.model.dropout,
@@ -547,10 +565,36 @@ def evaluate(
     return loss_sum.item() / count, confusion.diag().sum().item() / count, confusion
 
 
-def prepare_split(config: TrainConfig, run_dir: Path, info: DistInfo) -> tuple[DatasetSplit, list]:
-    """Find (or download) the photos, split them (or reuse the run's split), drop unreadable files."""
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoints or metrics (split.json and logs alone do not count)."""
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> dict[str, Any]:
+    """A resumed run with nothing left to train: its summary, its files untouched (``say``: log why)."""
+    if say:
+        logger.warning(
+            "the run in %s already finished %d epochs (epochs=%d): nothing to train; pass epochs=N with N > %d "
+            "to train longer",
+            run_dir,
+            done,
+            epochs,
+            done,
+        )
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": str(run_dir), "epochs": done}
+
+
+def prepare_split(
+    config: TrainConfig, run_dir: Path, info: DistInfo, *, reuse: bool = False
+) -> tuple[DatasetSplit, list]:
+    """Find (or download) the photos, split them (or, ``reuse``: take the run's split.json), drop unreadable files."""
     split_file = run_dir / "split.json"
-    if split_file.exists():
+    if reuse and split_file.exists():
         split = DatasetSplit.from_json(split_file)
     else:
         root = Path(config.data.root).expanduser()
@@ -628,8 +672,15 @@ def restore(
             f"resume: the checkpoint's classes {payload['class_names']} differ from the data's {class_names}"
         )
     unwrap_model(model).load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
+    options = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except ValueError as error:
+        raise ConfigError(f"resume: the checkpoint's optimizer state does not fit this optimizer ({error})") from None
+    for group, current in zip(optimizer.param_groups, options, strict=True):
+        group.update(current)  # this run's settings (weight decay, fused, ...); the checkpoint's moments
+    if scaler.is_enabled() and payload["scaler"]:  # an fp16 run's loss scale; empty from a run without one
+        scaler.load_state_dict(payload["scaler"])
     if ema is not None and payload.get("ema"):
         ema.load_state_dict(payload["ema"])
     step_in_epoch = int(payload.get("step_in_epoch", 0))
