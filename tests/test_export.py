@@ -121,7 +121,9 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert result.labels.read_text().splitlines() == CLASSES
     meta = json.loads(result.sidecar.read_text())
     assert meta["format"] == "onnx" and meta["precision"] == "fp32" and meta["model"] == "mobilevit_xxs"
-    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3 and meta["labels_file"] == "labels.txt"
+    assert result.labels == tmp_path / "mobilevit_xxs_fp32.onnx.labels.txt"
+    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3
+    assert meta["labels_file"] == "mobilevit_xxs_fp32.onnx.labels.txt" and "labels.txt order" in meta["output_meaning"]
     assert meta["input"] == {"name": "input", "layout": "NCHW", "shape": [1, 3, 256, 256], "dtype": "float32"}
     assert meta["output"] == {"name": "logits", "shape": [1, 3], "dtype": "float32"}
     expected = create_model("mobilevit_xxs", pretrained=assets["mobilevit_xxs"]).preprocessing
@@ -129,6 +131,20 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     assert meta["converter"]["opset"] == 18
     assert "exported onnx fp32 ->" in result.summary() and "MB" in result.summary()
+
+
+def test_exports_sharing_a_folder_keep_their_own_labels(tmp_path: Path) -> None:
+    # A 3-class and then a 5-class export into one folder: the first one's sidecar still names its 3 labels.
+    five = ["a", "b", "c", "d", "e"]
+    first = export_model(format="onnx", checkpoint=make_checkpoint(tmp_path / "three.pt"), check_images=1,
+                         output=tmp_path / "out" / "three.onnx")  # fmt: skip
+    second = export_model(format="onnx", checkpoint=make_checkpoint(tmp_path / "five.pt", classes=five),
+                          check_images=1, output=tmp_path / "out" / "five.onnx")  # fmt: skip
+    for result, classes in ((first, CLASSES), (second, five)):
+        meta = json.loads(result.sidecar.read_text())
+        labels = result.sidecar.parent / meta["labels_file"]
+        assert labels == result.labels and labels.read_text().splitlines() == classes == meta["class_names"]
+    assert not (tmp_path / "out" / "labels.txt").exists()
 
 
 def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
@@ -313,7 +329,7 @@ def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"exported onnx fp32 -> {out} (")
     assert "top-1 agreement 100.0% on 2 real images" in done.stdout
-    assert out.is_file() and (out.parent / "labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
+    assert out.is_file() and (out.parent / "m.onnx.labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
 
 
 def test_config_keys_cover_the_issue() -> None:
