@@ -343,6 +343,46 @@ def test_evaluate_cli_user_errors_in_process(
     _one_error_line(capsys.readouterr().err, expected)
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file", "/proc"])
+def test_evaluate_cli_checks_output_before_scoring(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    output = {"a file": tmp_path / "taken", "under a file": tmp_path / "taken" / "sub", "/proc": Path("/proc/x")}[where]
+
+    def no_scoring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the folder was scored although --output cannot be written")
+
+    monkeypatch.setattr("mobilevit_torch.evaluation.evaluate_folder", no_scoring)
+    argv = [str(setup["checkpoint"]), str(setup["folder"]), "--device", "cpu", "--output", str(output)]
+    assert _script("evaluate.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, f"--output {output}")
+
+
+def test_evaluate_cli_prints_results_before_writing_them(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "report"
+    (output / "eval.json").mkdir(parents=True)  # the folder is fine; the file cannot be written
+    argv = [str(a) for a in (setup["checkpoint"], setup["folder"], "--device", "cpu", "--workers", "0",
+                             "--no-progress", "--output", output)]  # fmt: skip
+    assert _script("evaluate.py").main(argv) == 2
+    captured = capsys.readouterr()
+    assert "accuracy  " in captured.out  # the scores were not lost
+    _one_error_line(captured.err, "--output")
+
+
+def test_evaluate_cli_leaves_no_empty_output_folder_on_error(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _write_folder(tmp_path / "photos", {"daisy": 1, "cactus": 1})
+    argv = [str(a) for a in (setup["checkpoint"], folder, "--device", "cpu", "--workers", "0", "--no-progress",
+                             "--output", tmp_path / "new")]  # fmt: skip
+    assert _script("evaluate.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "cactus")
+    assert not (tmp_path / "new").exists()
+
+
 def test_predict_cli_prints_class_names(setup: dict) -> None:
     images = sorted(setup["folder"].rglob("*.*"))[:2]
     done = _run("predict.py", setup["checkpoint"], *images, "--topk", "2", "--device", "cpu")
