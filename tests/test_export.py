@@ -196,6 +196,22 @@ def test_bad_arguments(kwargs: dict, message: str, monkeypatch: pytest.MonkeyPat
         export_model(**kwargs)
 
 
+@pytest.mark.parametrize("where", ["under a file", "in /proc", "a folder"])
+def test_unwritable_output_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "dir.onnx").mkdir()
+    output, message = {
+        "under a file": (tmp_path / "file" / "sub" / "m.onnx", f"{tmp_path / 'file'} is a file, not a folder"),
+        "in /proc": (Path("/proc/x/m.onnx"), "cannot create the folder /proc/x"),
+        "a folder": (tmp_path / "dir.onnx", "is a folder: name the file, e.g. output="),
+    }[where]
+    monkeypatch.setattr(exporter_module, "load_model", _no_work)
+    with pytest.raises(ExportError, match=re.escape(message)):
+        export_model(format="onnx", model="xxs", output=output)
+
+
 def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = assets["mobilevit_xxs"]
     with pytest.raises(ExportError, match=r"holds a mobilevit_xxs checkpoint, not mobilevit_xs"):
@@ -313,6 +329,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
         (["format=onnx", "precision=int8", "model=xxs"], "error: format=onnx does not support precision=int8"),
         (["format=onnx", "checkpoint=/no/such.pt"], "error: checkpoint not found: /no/such.pt"),
         (["format=onnx", "model=xxs", "opset=abc"], "error: opset must be an integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "output=/proc/x/m.onnx"], "error: output=/proc/x/m.onnx: cannot create"),
     ],
 )
 def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
