@@ -6,6 +6,7 @@ The TFLite conversions (slow: onnx2tf) are in test_export_tflite.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -145,6 +146,26 @@ def test_exports_sharing_a_folder_keep_their_own_labels(tmp_path: Path) -> None:
         labels = result.sidecar.parent / meta["labels_file"]
         assert labels == result.labels and labels.read_text().splitlines() == classes == meta["class_names"]
     assert not (tmp_path / "out" / "labels.txt").exists()
+
+
+def test_best_pt_finds_its_training_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # best.pt carries the run's config (as last.pt does), so its parity check runs on the held-out photos.
+    from mobilevit_torch.training.checkpoint import load_checkpoint
+    from mobilevit_torch.training.loop import train
+    from tests import train_helpers
+
+    photos = train_helpers.make_folder(tmp_path / "photos", per_class=4, odd_files=False)
+    config = train_helpers.tiny_config(tmp_path, photos, epochs=1, plots=False, tensorboard=False,
+                                       **{"data.num_workers": 0})  # fmt: skip
+    train(config, tmp_path / "run")
+    best = tmp_path / "run" / "best.pt"
+    payload = load_checkpoint(best)
+    assert payload["config"]["data"]["root"] == str(photos)
+    assert not {"optimizer", "scaler", "rng", "ema"} & set(payload), "best.pt holds weights, not a resume point"
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
+        result = export_model(format="onnx", checkpoint=best, check_images=2, output=tmp_path / "best.onnx")
+    assert result.parity.real_images and result.parity.images == 2
+    assert f"real images from the checkpoint's data folder {photos}" in caplog.text
 
 
 def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
