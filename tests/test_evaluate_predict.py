@@ -194,6 +194,9 @@ def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
     (tmp_path / "notes.pt").write_text("hello")
     with pytest.raises(EvaluationError, match=r"cannot read .*notes\.pt"):
         load_model_from_checkpoint(tmp_path / "notes.pt")
+    torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, tmp_path / "no_weights.pt")
+    with pytest.raises(EvaluationError, match=r"no_weights\.pt holds no weights"):
+        load_model_from_checkpoint(tmp_path / "no_weights.pt")
     torch.save(setup["model"].state_dict(), tmp_path / "plain.pt")
     with pytest.raises(EvaluationError, match="not a mobilevit-torch training checkpoint"):
         load_model_from_checkpoint(tmp_path / "plain.pt")

@@ -207,6 +207,10 @@ def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, mon
         ({"format": "onnx"}, "nothing to export: pass checkpoint=PATH"),
         ({"format": "onnx", "model": "xxx"}, "unknown model 'xxx': choose one of s, xs, xxs"),
         ({"format": "onnx", "model": "xxs", "num_classes": 0}, "num_classes must be a positive integer"),
+        ({"format": "onnx", "model": "xxs", "num_classes": "abc"}, "num_classes must be a positive integer, got 'abc'"),
+        ({"format": "onnx", "model": "xxs", "seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"format": "onnx", "model": "xxs", "seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"format": "onnx", "model": "xxs", "seed": -1}, "seed must be >= 0, got -1"),
         ({"format": "onnx", "model": "xxs", "pretrained": "/no/weights.pt"}, "pretrained weights not found"),
         ({"format": "onnx", "checkpoint": "/no/such/best.pt"}, "checkpoint not found: /no/such/best.pt"),
     ],
@@ -251,6 +255,13 @@ def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch:
     torch.save(create_model("mobilevit_xxs").state_dict(), plain)
     with pytest.raises(ExportError, match=r"not a mobilevit-torch training checkpoint.*pretrained="):
         export_model(format="onnx", checkpoint=plain)
+
+    no_weights = tmp_path / "no_weights.pt"
+    torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, no_weights)
+    with pytest.raises(ExportError, match=r"no_weights\.pt holds no weights"):
+        export_model(format="onnx", checkpoint=no_weights)
+    with pytest.raises(ExportError, match=r"no_weights\.pt is a mobilevit-torch checkpoint that holds no weights"):
+        export_model(format="onnx", model="xxs", pretrained=no_weights, output=tmp_path / "never.onnx")
 
     # A checkpoint whose weights do not fit the model it names: an XS state dict labelled XXS.
     payload = torch.load(assets["mobilevit_xs"], weights_only=True)
@@ -350,6 +361,8 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
         (["format=onnx", "precision=int8", "model=xxs"], "error: format=onnx does not support precision=int8"),
         (["format=onnx", "checkpoint=/no/such.pt"], "error: checkpoint not found: /no/such.pt"),
         (["format=onnx", "model=xxs", "opset=abc"], "error: opset must be an integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "seed=abc"], "error: seed must be an integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "num_classes=abc"], "error: num_classes must be a positive integer, got 'abc'"),
         (["format=onnx", "model=xxs", "output=/proc/x/m.onnx"], "error: output=/proc/x/m.onnx: cannot create"),
     ],
 )

@@ -110,6 +110,7 @@ def export_model(
         raise ExportError(f"dynamic_batch applies to format=onnx; a {fmt.name} file has batch 1")
     _check_int("calib_images", calib_images, low=1)
     _check_int("check_images", check_images, low=1)
+    _check_int("seed", seed, low=0)
     if output is not None and Path(output).expanduser().is_dir():
         raise ExportError(f"output={output} is a folder: name the file, e.g. output={output}/model{fmt.suffix}")
     if output is not None and Path(output).suffix != fmt.suffix:

@@ -61,7 +61,7 @@ def resolve_source(
     num_classes: int | None,
 ) -> ModelSource:
     """Check the combination and the files; read the checkpoint's description (not its use)."""
-    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+    if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
         raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
     if checkpoint is None:
         if model is None:
