@@ -25,6 +25,7 @@ from mobilevit_torch.evaluation import (
     evaluate_folder,
     load_model_from_checkpoint,
     predict_images,
+    resolve_device,
 )
 from mobilevit_torch.models import fuse_for_inference, is_fused
 from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
@@ -384,6 +385,27 @@ def test_evaluate_cli_leaves_no_empty_output_folder_on_error(
     assert _script("evaluate.py").main(argv) == 2
     _one_error_line(capsys.readouterr().err, "cactus")
     assert not (tmp_path / "new").exists()
+
+
+def test_resolve_device_checks_type_and_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("mps", "meta", "cpu:1", "gpu"):
+        with pytest.raises(EvaluationError, match=rf"(unsupported|unknown) device '{bad}'"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(EvaluationError, match=r"'cuda:7': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:7")
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_predict_cli_unsupported_device_is_one_line(
+    setup: dict, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    assert _script("predict.py").main([str(setup["checkpoint"]), str(image), "--device", device]) == 2
+    _one_error_line(capsys.readouterr().err, f"unsupported device '{device}'")
 
 
 def test_predict_cli_prints_class_names(setup: dict) -> None:
