@@ -65,8 +65,7 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
     """The images to classify, in command-line order: each folder replaced by the readable image files
     below it (sorted), and ``(path, reason)`` for those skipped. Named files pass through unchecked."""
     from mobilevit_torch.data.datasets import find_unreadable
-    from mobilevit_torch.data.folder import DataError, Sample
-    from mobilevit_torch.data.images import is_image_file
+    from mobilevit_torch.data.folder import DataError, Sample, list_image_files
 
     images: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -74,10 +73,10 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
         if not path.is_dir():
             images.append(path)
             continue
-        found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        found = list_image_files(path)  # as evaluate.py and training list them: hidden entries skipped, links followed
         if not found:
             raise DataError(f"{path} is a folder with no image files in it")
-        readable, bad = find_unreadable([Sample(str(p), 0) for p in found])
+        readable, bad = find_unreadable([Sample(p, 0) for p in found])
         images += [Path(sample.path) for sample in readable]
         skipped += bad
     if not images:

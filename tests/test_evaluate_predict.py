@@ -444,6 +444,27 @@ def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
     _one_error_line(capsys.readouterr().err, "is a folder with no image files in it")
 
 
+def test_predict_cli_lists_a_folder_as_evaluation_does(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hidden files and folders skipped (no warning, no count), symlinked folders followed, a link loop listed once.
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(image, folder / f"a{image.suffix}")
+    shutil.copy(image, folder / ".ipynb_checkpoints" / f"a-checkpoint{image.suffix}")
+    shutil.copy(image, elsewhere / f"b{image.suffix}")
+    (folder / "._a.jpg").write_bytes(b"macOS resource fork")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)
+    assert _script("predict.py").main([str(setup["checkpoint"]), str(folder), "--topk", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    listed = [Path(line) for line in captured.out.splitlines() if not line.startswith(" ")]
+    assert listed == [folder / f"a{image.suffix}", folder / "linked" / f"b{image.suffix}"]
+    assert "skipped" not in captured.err
+
+
 def test_predict_cli_unreadable_image_is_one_line_exit_2(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
