@@ -444,6 +444,23 @@ def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
     _one_error_line(capsys.readouterr().err, "is a folder with no image files in it")
 
 
+def test_predict_cli_checks_named_files_before_any_work(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 good images (more than one batch) and a broken one at the end: refused before anything is classified.
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were classified although a named file is unreadable")
+
+    monkeypatch.setattr("mobilevit_torch.evaluation.predict_images", no_work)
+    argv = [str(setup["checkpoint"]), *[str(image)] * 40, str(broken), "--device", "cpu"]
+    assert _script("predict.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, f"{broken}: not a recognised image format")
+
+
 def test_predict_cli_lists_a_folder_as_evaluation_does(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
