@@ -256,6 +256,14 @@ def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch:
     with pytest.raises(ExportError, match=r"not a mobilevit-torch training checkpoint.*pretrained="):
         export_model(format="onnx", checkpoint=plain)
 
+    # The same for pretrained= weights with another classifier size: refused, not re-initialised at random.
+    monkeypatch.setattr(exporter_module, "load_model", _no_work)
+    with pytest.raises(ExportError, match=r"num_classes=7 does not match the 3 classes of the weights .*drop num_"):
+        export_model(format="onnx", model="xxs", pretrained=ckpt, num_classes=7, output=tmp_path / "never.onnx")
+    with pytest.raises(AssertionError, match="the model was loaded"):  # a matching size passes the checks
+        export_model(format="onnx", model="xxs", pretrained=ckpt, num_classes=3, output=tmp_path / "never.onnx")
+    monkeypatch.undo()
+
     no_weights = tmp_path / "no_weights.pt"
     torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, no_weights)
     with pytest.raises(ExportError, match=r"no_weights\.pt holds no weights"):
