@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -41,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     from mobilevit_torch.evaluation import USER_ERRORS, evaluate_folder, load_model_from_checkpoint, resolve_device
     from mobilevit_torch.training.plots import plot_confusion_matrix
 
+    data_name = args.data_dir.expanduser().resolve().name
+    output = (args.output or args.checkpoint.expanduser().parent / f"eval_{data_name}").expanduser()
+    created = not output.exists()
     try:
         device = resolve_device(args.device)
         model = load_model_from_checkpoint(args.checkpoint)
+        check_output_folder(output)  # before the scoring, which can take a while
         with logging_redirect_tqdm():  # a skipped-image warning prints above the progress bar, not into it
             result = evaluate_folder(
                 model,
@@ -53,19 +58,16 @@ def main(argv: list[str] | None = None) -> int:
                 device=device,
                 progress=not args.no_progress,
             )
-        data_name = args.data_dir.expanduser().resolve().name
-        output = args.output or args.checkpoint.expanduser().parent / f"eval_{data_name}"
-        cm, names = result.observed()
-        plot_confusion_matrix(cm, names, output / "confusion_matrix.png")
-        report = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), **result.to_dict()}
-        (output / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, KeyboardInterrupt) as error:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # made above for nothing
+        if isinstance(error, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return 130
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
+    # The results first: a file that cannot be written afterwards must not cost the report.
     skipped = f"; {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
     print(f"model     {model.model_name} from {args.checkpoint}")
     print(f"data      {args.data_dir} ({result.num_images} images, {len(result.per_class)} classes{skipped})")
@@ -78,8 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, accuracy in result.per_class.items():
         print(f"{name:<{width}}  {counts[name]:>6}  {accuracy:>8.2%}")
     print()
+    try:
+        cm, names = result.observed()
+        plot_confusion_matrix(cm, names, output / "confusion_matrix.png")
+        report = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), **result.to_dict()}
+        (output / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    except OSError as error:
+        print(f"error: --output: could not write the report files ({one_line(error)})", file=sys.stderr)
+        return 2
     print(f"wrote {output / 'confusion_matrix.png'} and {output / 'eval.json'}")
     return 0
+
+
+def check_output_folder(output: Path) -> None:
+    """Create ``--output`` (and its parents) or say in one line why it cannot hold the report; before any work."""
+    from mobilevit_torch.evaluation import EvaluationError
+
+    if output.exists() and not output.is_dir():
+        raise EvaluationError(f"--output {output} is a file, not a folder: pass a folder for the report")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvaluationError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise EvaluationError(f"--output {output}: the folder is not writable")
 
 
 if __name__ == "__main__":

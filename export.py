@@ -2,7 +2,7 @@
 
 Hydra stops here: the composed config becomes plain arguments to ``export_model``. The file goes to
 ``output=PATH``, or by default into Hydra's run directory (``outputs/export/<date>_<time>/``), with
-``<file>.json`` and ``labels.txt`` beside it. User mistakes end with one ``error:`` line and exit
+``<file>.json`` and ``<file>.labels.txt`` beside it. User mistakes end with one ``error:`` line and exit
 status 2 (an unknown key too, before Hydra starts); a failed conversion or parity check with status 1.
 """
 

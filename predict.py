@@ -3,10 +3,10 @@
     python predict.py outputs/<run>/best.pt photo.jpg [more.jpg ...] [--topk 5] [--device auto]
     python predict.py outputs/<run>/best.pt my_photos/      # every image file in the folder, recursively
 
-An unreadable or missing image named on the command line ends the run with one ``error:`` line
-naming it and exit status 2 (answers are printed per image, so skipping one silently would be easy
-to misread). Inside a folder, unreadable image files are skipped, each with a warning, and counted
-at the end.
+An unreadable or missing image named on the command line ends the run, before any image is
+classified, with one ``error:`` line naming it and exit status 2 (answers are printed per image, so
+skipping one silently would be easy to misread). Inside a folder, unreadable image files are
+skipped, each with a warning, and counted at the end.
 """
 
 from __future__ import annotations
@@ -63,10 +63,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """The images to classify, in command-line order: each folder replaced by the readable image files
-    below it (sorted), and ``(path, reason)`` for those skipped. Named files pass through unchecked."""
+    below it (sorted), and ``(path, reason)`` for those skipped. Named files are checked first, all of
+    them, so a missing or unreadable one is an error before any folder is scanned or image classified."""
     from mobilevit_torch.data.datasets import find_unreadable
-    from mobilevit_torch.data.folder import DataError, Sample
-    from mobilevit_torch.data.images import is_image_file
+    from mobilevit_torch.data.folder import DataError, Sample, list_image_files
+    from mobilevit_torch.data.images import BadImageError
+
+    named = [path for path in paths if not path.is_dir()]
+    missing = [path for path in named if not path.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise BadImageError(missing[0], f"no such file{more}")
+    _, bad = find_unreadable([Sample(str(path), 0) for path in named])
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""
+        raise BadImageError(bad[0][0], bad[0][1] + more)
 
     images: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -74,10 +85,10 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
         if not path.is_dir():
             images.append(path)
             continue
-        found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        found = list_image_files(path)  # as evaluate.py and training list them: hidden entries skipped, links followed
         if not found:
             raise DataError(f"{path} is a folder with no image files in it")
-        readable, bad = find_unreadable([Sample(str(p), 0) for p in found])
+        readable, bad = find_unreadable([Sample(p, 0) for p in found])
         images += [Path(sample.path) for sample in readable]
         skipped += bad
     if not images:

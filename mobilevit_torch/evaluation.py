@@ -92,15 +92,24 @@ class EvalResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when available; asking for an unavailable CUDA is an error, not a silent CPU run."""
+    """``"auto"`` picks CUDA when available; asking for an unavailable CUDA (or a GPU index this machine
+    lacks, or a device type the model is not run on here, such as ``mps`` or ``meta``) is an error,
+    not a silent CPU run or a traceback later."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise EvaluationError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type not in ("cpu", "cuda") or (resolved.type == "cpu" and resolved.index not in (None, 0)):
+        raise EvaluationError(f"unsupported device {device!r} (use auto, cpu, cuda or cuda:N)")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise EvaluationError(f"device {device!r} was requested but CUDA is not available here (use --device cpu)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise EvaluationError(
+            f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return resolved
 
 

@@ -25,6 +25,7 @@ from mobilevit_torch.evaluation import (
     evaluate_folder,
     load_model_from_checkpoint,
     predict_images,
+    resolve_device,
 )
 from mobilevit_torch.models import fuse_for_inference, is_fused
 from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
@@ -194,6 +195,9 @@ def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
     (tmp_path / "notes.pt").write_text("hello")
     with pytest.raises(EvaluationError, match=r"cannot read .*notes\.pt"):
         load_model_from_checkpoint(tmp_path / "notes.pt")
+    torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, tmp_path / "no_weights.pt")
+    with pytest.raises(EvaluationError, match=r"no_weights\.pt holds no weights"):
+        load_model_from_checkpoint(tmp_path / "no_weights.pt")
     torch.save(setup["model"].state_dict(), tmp_path / "plain.pt")
     with pytest.raises(EvaluationError, match="not a mobilevit-torch training checkpoint"):
         load_model_from_checkpoint(tmp_path / "plain.pt")
@@ -343,6 +347,67 @@ def test_evaluate_cli_user_errors_in_process(
     _one_error_line(capsys.readouterr().err, expected)
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file", "/proc"])
+def test_evaluate_cli_checks_output_before_scoring(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    output = {"a file": tmp_path / "taken", "under a file": tmp_path / "taken" / "sub", "/proc": Path("/proc/x")}[where]
+
+    def no_scoring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the folder was scored although --output cannot be written")
+
+    monkeypatch.setattr("mobilevit_torch.evaluation.evaluate_folder", no_scoring)
+    argv = [str(setup["checkpoint"]), str(setup["folder"]), "--device", "cpu", "--output", str(output)]
+    assert _script("evaluate.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, f"--output {output}")
+
+
+def test_evaluate_cli_prints_results_before_writing_them(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "report"
+    (output / "eval.json").mkdir(parents=True)  # the folder is fine; the file cannot be written
+    argv = [str(a) for a in (setup["checkpoint"], setup["folder"], "--device", "cpu", "--workers", "0",
+                             "--no-progress", "--output", output)]  # fmt: skip
+    assert _script("evaluate.py").main(argv) == 2
+    captured = capsys.readouterr()
+    assert "accuracy  " in captured.out  # the scores were not lost
+    _one_error_line(captured.err, "--output")
+
+
+def test_evaluate_cli_leaves_no_empty_output_folder_on_error(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _write_folder(tmp_path / "photos", {"daisy": 1, "cactus": 1})
+    argv = [str(a) for a in (setup["checkpoint"], folder, "--device", "cpu", "--workers", "0", "--no-progress",
+                             "--output", tmp_path / "new")]  # fmt: skip
+    assert _script("evaluate.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "cactus")
+    assert not (tmp_path / "new").exists()
+
+
+def test_resolve_device_checks_type_and_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("mps", "meta", "cpu:1", "gpu"):
+        with pytest.raises(EvaluationError, match=rf"(unsupported|unknown) device '{bad}'"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(EvaluationError, match=r"'cuda:7': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:7")
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_predict_cli_unsupported_device_is_one_line(
+    setup: dict, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    assert _script("predict.py").main([str(setup["checkpoint"]), str(image), "--device", device]) == 2
+    _one_error_line(capsys.readouterr().err, f"unsupported device '{device}'")
+
+
 def test_predict_cli_prints_class_names(setup: dict) -> None:
     images = sorted(setup["folder"].rglob("*.*"))[:2]
     done = _run("predict.py", setup["checkpoint"], *images, "--topk", "2", "--device", "cpu")
@@ -377,6 +442,44 @@ def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
     empty.mkdir()
     assert predict.main([str(setup["checkpoint"]), str(empty), "--device", "cpu"]) == 2
     _one_error_line(capsys.readouterr().err, "is a folder with no image files in it")
+
+
+def test_predict_cli_checks_named_files_before_any_work(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 good images (more than one batch) and a broken one at the end: refused before anything is classified.
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were classified although a named file is unreadable")
+
+    monkeypatch.setattr("mobilevit_torch.evaluation.predict_images", no_work)
+    argv = [str(setup["checkpoint"]), *[str(image)] * 40, str(broken), "--device", "cpu"]
+    assert _script("predict.py").main(argv) == 2
+    _one_error_line(capsys.readouterr().err, f"{broken}: not a recognised image format")
+
+
+def test_predict_cli_lists_a_folder_as_evaluation_does(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hidden files and folders skipped (no warning, no count), symlinked folders followed, a link loop listed once.
+    image = sorted(setup["folder"].rglob("*.*"))[0]
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(image, folder / f"a{image.suffix}")
+    shutil.copy(image, folder / ".ipynb_checkpoints" / f"a-checkpoint{image.suffix}")
+    shutil.copy(image, elsewhere / f"b{image.suffix}")
+    (folder / "._a.jpg").write_bytes(b"macOS resource fork")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)
+    assert _script("predict.py").main([str(setup["checkpoint"]), str(folder), "--topk", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    listed = [Path(line) for line in captured.out.splitlines() if not line.startswith(" ")]
+    assert listed == [folder / f"a{image.suffix}", folder / "linked" / f"b{image.suffix}"]
+    assert "skipped" not in captured.err
 
 
 def test_predict_cli_unreadable_image_is_one_line_exit_2(

@@ -6,6 +6,7 @@ The TFLite conversions (slow: onnx2tf) are in test_export_tflite.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -121,7 +122,9 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert result.labels.read_text().splitlines() == CLASSES
     meta = json.loads(result.sidecar.read_text())
     assert meta["format"] == "onnx" and meta["precision"] == "fp32" and meta["model"] == "mobilevit_xxs"
-    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3 and meta["labels_file"] == "labels.txt"
+    assert result.labels == tmp_path / "mobilevit_xxs_fp32.onnx.labels.txt"
+    assert meta["class_names"] == CLASSES and meta["num_classes"] == 3
+    assert meta["labels_file"] == "mobilevit_xxs_fp32.onnx.labels.txt" and "labels.txt order" in meta["output_meaning"]
     assert meta["input"] == {"name": "input", "layout": "NCHW", "shape": [1, 3, 256, 256], "dtype": "float32"}
     assert meta["output"] == {"name": "logits", "shape": [1, 3], "dtype": "float32"}
     expected = create_model("mobilevit_xxs", pretrained=assets["mobilevit_xxs"]).preprocessing
@@ -129,6 +132,40 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     assert meta["converter"]["opset"] == 18
     assert "exported onnx fp32 ->" in result.summary() and "MB" in result.summary()
+
+
+def test_exports_sharing_a_folder_keep_their_own_labels(tmp_path: Path) -> None:
+    # A 3-class and then a 5-class export into one folder: the first one's sidecar still names its 3 labels.
+    five = ["a", "b", "c", "d", "e"]
+    first = export_model(format="onnx", checkpoint=make_checkpoint(tmp_path / "three.pt"), check_images=1,
+                         output=tmp_path / "out" / "three.onnx")  # fmt: skip
+    second = export_model(format="onnx", checkpoint=make_checkpoint(tmp_path / "five.pt", classes=five),
+                          check_images=1, output=tmp_path / "out" / "five.onnx")  # fmt: skip
+    for result, classes in ((first, CLASSES), (second, five)):
+        meta = json.loads(result.sidecar.read_text())
+        labels = result.sidecar.parent / meta["labels_file"]
+        assert labels == result.labels and labels.read_text().splitlines() == classes == meta["class_names"]
+    assert not (tmp_path / "out" / "labels.txt").exists()
+
+
+def test_best_pt_finds_its_training_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # best.pt carries the run's config (as last.pt does), so its parity check runs on the held-out photos.
+    from mobilevit_torch.training.checkpoint import load_checkpoint
+    from mobilevit_torch.training.loop import train
+    from tests import train_helpers
+
+    photos = train_helpers.make_folder(tmp_path / "photos", per_class=4, odd_files=False)
+    config = train_helpers.tiny_config(tmp_path, photos, epochs=1, plots=False, tensorboard=False,
+                                       **{"data.num_workers": 0})  # fmt: skip
+    train(config, tmp_path / "run")
+    best = tmp_path / "run" / "best.pt"
+    payload = load_checkpoint(best)
+    assert payload["config"]["data"]["root"] == str(photos)
+    assert not {"optimizer", "scaler", "rng", "ema"} & set(payload), "best.pt holds weights, not a resume point"
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
+        result = export_model(format="onnx", checkpoint=best, check_images=2, output=tmp_path / "best.onnx")
+    assert result.parity.real_images and result.parity.images == 2
+    assert f"real images from the checkpoint's data folder {photos}" in caplog.text
 
 
 def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
@@ -170,6 +207,10 @@ def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, mon
         ({"format": "onnx"}, "nothing to export: pass checkpoint=PATH"),
         ({"format": "onnx", "model": "xxx"}, "unknown model 'xxx': choose one of s, xs, xxs"),
         ({"format": "onnx", "model": "xxs", "num_classes": 0}, "num_classes must be a positive integer"),
+        ({"format": "onnx", "model": "xxs", "num_classes": "abc"}, "num_classes must be a positive integer, got 'abc'"),
+        ({"format": "onnx", "model": "xxs", "seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"format": "onnx", "model": "xxs", "seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"format": "onnx", "model": "xxs", "seed": -1}, "seed must be >= 0, got -1"),
         ({"format": "onnx", "model": "xxs", "pretrained": "/no/weights.pt"}, "pretrained weights not found"),
         ({"format": "onnx", "checkpoint": "/no/such/best.pt"}, "checkpoint not found: /no/such/best.pt"),
     ],
@@ -178,6 +219,22 @@ def test_bad_arguments(kwargs: dict, message: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(exporter_module, "load_model", _no_work)
     with pytest.raises(ExportError, match=message):
         export_model(**kwargs)
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc", "a folder"])
+def test_unwritable_output_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "dir.onnx").mkdir()
+    output, message = {
+        "under a file": (tmp_path / "file" / "sub" / "m.onnx", f"{tmp_path / 'file'} is a file, not a folder"),
+        "in /proc": (Path("/proc/x/m.onnx"), "cannot create the folder /proc/x"),
+        "a folder": (tmp_path / "dir.onnx", "is a folder: name the file, e.g. output="),
+    }[where]
+    monkeypatch.setattr(exporter_module, "load_model", _no_work)
+    with pytest.raises(ExportError, match=re.escape(message)):
+        export_model(format="onnx", model="xxs", output=output)
 
 
 def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,6 +255,21 @@ def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch:
     torch.save(create_model("mobilevit_xxs").state_dict(), plain)
     with pytest.raises(ExportError, match=r"not a mobilevit-torch training checkpoint.*pretrained="):
         export_model(format="onnx", checkpoint=plain)
+
+    # The same for pretrained= weights with another classifier size: refused, not re-initialised at random.
+    monkeypatch.setattr(exporter_module, "load_model", _no_work)
+    with pytest.raises(ExportError, match=r"num_classes=7 does not match the 3 classes of the weights .*drop num_"):
+        export_model(format="onnx", model="xxs", pretrained=ckpt, num_classes=7, output=tmp_path / "never.onnx")
+    with pytest.raises(AssertionError, match="the model was loaded"):  # a matching size passes the checks
+        export_model(format="onnx", model="xxs", pretrained=ckpt, num_classes=3, output=tmp_path / "never.onnx")
+    monkeypatch.undo()
+
+    no_weights = tmp_path / "no_weights.pt"
+    torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, no_weights)
+    with pytest.raises(ExportError, match=r"no_weights\.pt holds no weights"):
+        export_model(format="onnx", checkpoint=no_weights)
+    with pytest.raises(ExportError, match=r"no_weights\.pt is a mobilevit-torch checkpoint that holds no weights"):
+        export_model(format="onnx", model="xxs", pretrained=no_weights, output=tmp_path / "never.onnx")
 
     # A checkpoint whose weights do not fit the model it names: an XS state dict labelled XXS.
     payload = torch.load(assets["mobilevit_xs"], weights_only=True)
@@ -297,6 +369,9 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
         (["format=onnx", "precision=int8", "model=xxs"], "error: format=onnx does not support precision=int8"),
         (["format=onnx", "checkpoint=/no/such.pt"], "error: checkpoint not found: /no/such.pt"),
         (["format=onnx", "model=xxs", "opset=abc"], "error: opset must be an integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "seed=abc"], "error: seed must be an integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "num_classes=abc"], "error: num_classes must be a positive integer, got 'abc'"),
+        (["format=onnx", "model=xxs", "output=/proc/x/m.onnx"], "error: output=/proc/x/m.onnx: cannot create"),
     ],
 )
 def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -313,7 +388,7 @@ def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"exported onnx fp32 -> {out} (")
     assert "top-1 agreement 100.0% on 2 real images" in done.stdout
-    assert out.is_file() and (out.parent / "labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
+    assert out.is_file() and (out.parent / "m.onnx.labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
 
 
 def test_config_keys_cover_the_issue() -> None:

@@ -192,6 +192,12 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     assert isinstance(err.value, ValueError)
 
 
+def test_checkpoint_without_weights(tmp_path: Path) -> None:
+    torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, tmp_path / "empty.pt")
+    with pytest.raises(WeightsError, match=r"empty\.pt is a mobilevit-torch checkpoint that holds no weights"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "empty.pt")
+
+
 def test_missing_file() -> None:
     with pytest.raises(FileNotFoundError, match="no/such/file.pt"):
         create_model("mobilevit_xxs", pretrained="no/such/file.pt")

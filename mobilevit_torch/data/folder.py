@@ -118,7 +118,7 @@ def scan_image_folder(root: Path, class_names: list[str] | None = None) -> tuple
                 f"{root / unknown[0]} is a class folder that is not among the training classes "
                 f"({', '.join(class_names)})"
             )
-    files = {name: _image_files(root / name) for name in folders}
+    files = {name: list_image_files(root / name) for name in folders}
 
     if class_names is None:
         empty = [name for name in folders if not files[name]]
@@ -243,8 +243,12 @@ def _num_val(n: int, val_fraction: float) -> int:
     return min(max(1, round(n * val_fraction)), n - 1)
 
 
-def _image_files(class_dir: Path) -> list[str]:
-    """Image files under ``class_dir`` (recursively, following links once), hidden entries skipped, sorted."""
+def list_image_files(class_dir: Path) -> list[str]:
+    """Image files under ``class_dir`` (recursively, following links once), hidden entries skipped, sorted.
+
+    The one image listing: class folders here, folders given to ``predict.py`` too. Hidden files and
+    folders (``._x.jpg``, ``.ipynb_checkpoints/``) are skipped; symlinked folders are followed, each real
+    folder once (a link loop or a folder linked twice is not listed again)."""
     found: list[str] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):

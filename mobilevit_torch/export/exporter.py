@@ -1,13 +1,15 @@
 """``export_model``: check the request, write the file, verify it against PyTorch, write the sidecar.
 
 The order is the contract: every argument, path and package is checked before the model is loaded
-or anything is written; every export ends with a numeric parity check of the written file (run by
+or anything is written (the last check creates the output folder when missing and tries a scratch
+file in it); every export ends with a numeric parity check of the written file (run by
 the runtime an app would use) against the PyTorch model on the same inputs.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,9 @@ def export_model(
         raise ExportError(f"dynamic_batch applies to format=onnx; a {fmt.name} file has batch 1")
     _check_int("calib_images", calib_images, low=1)
     _check_int("check_images", check_images, low=1)
+    _check_int("seed", seed, low=0)
+    if output is not None and Path(output).expanduser().is_dir():
+        raise ExportError(f"output={output} is a folder: name the file, e.g. output={output}/model{fmt.suffix}")
     if output is not None and Path(output).suffix != fmt.suffix:
         raise ExportError(f"output {output} must end in {fmt.suffix} for format={fmt.name}")
     if data_root is not None and not Path(data_root).expanduser().is_dir():
@@ -122,6 +127,9 @@ def export_model(
             f"precision={precision} is calibrated on real images: pass data.root=PATH (a folder of photos)"
         )
     require_modules(fmt.modules, purpose=f"format={fmt.name}")
+    path = Path(output) if output is not None else Path(output_dir) / f"{source.model_name}_{precision}{fmt.suffix}"
+    path = path.expanduser()
+    check_output_folder(path)  # the last check: it creates the folder when missing
 
     # -- load the model and the images -----------------------------------------------------------
     net = load_model(source)
@@ -152,10 +160,6 @@ def export_model(
     real = check is not None
     if check is None:
         check = random_inputs(check_images, preprocessing, seed=seed)
-
-    path = Path(output) if output is not None else Path(output_dir) / f"{source.model_name}_{precision}{fmt.suffix}"
-    path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     # -- write ------------------------------------------------------------------------------------
     logger.info("exporting %s to %s (%s, %d px)", source.describe(), path, precision, size)
@@ -194,6 +198,26 @@ def pytorch_logits(model: nn.Module, images: Tensor, *, batch_size: int = 16) ->
     """The reference: the eval-mode PyTorch model's float32 logits, ``[N, classes]``."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def check_output_folder(path: Path) -> None:
+    """Make sure the exported file, its sidecar and labels can be written beside ``path``: its folder is
+    created when missing, then a scratch file is made in it and removed. One line when not."""
+    folder = path.parent
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"output={path}: {ancestor} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"output={path}: cannot create the folder {folder} ({error.strerror or error})") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ExportError(f"output={path}: cannot write in {folder} ({error.strerror or error})") from None
 
 
 def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:

@@ -1,4 +1,8 @@
-"""What an app needs beside the exported file: ``<file>.json`` (how to feed it, how to read it) and ``labels.txt``.
+"""What an app needs beside the exported file: ``<file>.json`` (how to feed it, how to read it) and
+``<file>.labels.txt`` (the class names, one a line).
+
+Both are named after the exported file, so several exports can share a folder: each sidecar's
+``labels_file`` names its own labels, never another export's.
 
 The input and output descriptions are read back from the exported file by the runtime that runs it
 (names, layout, shape, dtype, quantisation), not restated from the request, so they cannot drift
@@ -15,12 +19,15 @@ from mobilevit_torch.export.parity import ParityReport
 from mobilevit_torch.files import atomic_write
 from mobilevit_torch.preprocessing import Preprocessing
 
-LABELS_FILE = "labels.txt"
-
 
 def sidecar_path(exported: Path) -> Path:
     """``model.tflite`` -> ``model.tflite.json`` (a ``.onnx`` and a ``.tflite`` of one stem do not collide)."""
     return exported.with_name(exported.name + ".json")
+
+
+def labels_path(exported: Path) -> Path:
+    """``model.tflite`` -> ``model.tflite.labels.txt``: one export's class names, beside its sidecar."""
+    return exported.with_name(exported.name + ".labels.txt")
 
 
 def preprocessing_recipe(pre: Preprocessing) -> dict[str, Any]:
@@ -51,7 +58,8 @@ def write_sidecar(
     parity: ParityReport,
     converter: dict[str, Any],
 ) -> tuple[Path, Path]:
-    """Write ``<file>.json`` and ``labels.txt`` beside ``exported``; returns both paths."""
+    """Write ``<file>.json`` and ``<file>.labels.txt`` beside ``exported``; returns both paths."""
+    labels = labels_path(exported)
     payload = {
         "file": exported.name,
         "format": format_name,
@@ -59,17 +67,16 @@ def write_sidecar(
         "model": model_name,
         "source": source,
         "num_classes": len(class_names),
-        "labels_file": LABELS_FILE,
+        "labels_file": labels.name,
         "class_names": class_names,
         **io,
-        "output_meaning": "logits: one unnormalised score per class, in labels.txt order (softmax: probabilities)",
+        "output_meaning": f"logits: one unnormalised score per class, in {labels.name} order (softmax: probabilities)",
         "preprocessing": preprocessing_recipe(preprocessing),
         "parity": parity.to_dict(),
         "converter": converter,
     }
     sidecar = sidecar_path(exported)
     _write_atomic(sidecar, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    labels = exported.with_name(LABELS_FILE)
     _write_atomic(labels, "".join(f"{name}\n" for name in class_names))
     return sidecar, labels
 

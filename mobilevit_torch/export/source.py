@@ -19,7 +19,7 @@ from torch import nn
 from mobilevit_torch.export.errors import ExportError
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
 from mobilevit_torch.training.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
-from mobilevit_torch.weights import WeightsError
+from mobilevit_torch.weights import WeightsError, read_pretrained
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -61,7 +61,7 @@ def resolve_source(
     num_classes: int | None,
 ) -> ModelSource:
     """Check the combination and the files; read the checkpoint's description (not its use)."""
-    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+    if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
         raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
     if checkpoint is None:
         if model is None:
@@ -70,7 +70,10 @@ def resolve_source(
             pretrained = str(pretrained)
             if not Path(pretrained).expanduser().exists() and not _HUB_ID.match(pretrained):
                 raise ExportError(f"pretrained weights not found: {pretrained} (no such file or folder)")
-        return ModelSource(registry_name(model), pretrained=pretrained or None, num_classes=num_classes)
+        name = registry_name(model)
+        if pretrained and num_classes is not None:
+            _check_pretrained_classes(name, pretrained, num_classes)
+        return ModelSource(name, pretrained=pretrained or None, num_classes=num_classes)
 
     if pretrained not in (None, False):
         raise ExportError("pass either checkpoint=PATH or pretrained=PATH (with model=...), not both")
@@ -94,6 +97,20 @@ def resolve_source(
         )
     config = payload.get("config")
     return ModelSource(stored, checkpoint=path, training_config=config if isinstance(config, dict) else {})
+
+
+def _check_pretrained_classes(model_name: str, pretrained: bool | str, num_classes: int) -> None:
+    """Refuse a ``num_classes`` that differs from the weights' classifier, as for a checkpoint: the
+    classifier would be re-initialised at random, and the exported file would answer nonsense."""
+    try:
+        stored = read_pretrained(model_name, pretrained).num_classes
+    except (WeightsError, FileNotFoundError) as error:
+        raise ExportError(" ".join(str(error).split())) from None
+    if stored is not None and stored != num_classes:
+        raise ExportError(
+            f"num_classes={num_classes} does not match the {stored} classes of the weights {pretrained} "
+            "(exporting a re-initialised classifier is never useful): drop num_classes="
+        )
 
 
 def load_model(source: ModelSource) -> nn.Module:

@@ -171,7 +171,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: nothing at ``path``.
         NotACheckpointError: a readable file that is not a mobilevit-torch training checkpoint.
-        CheckpointError: a folder, an unreadable file, or a checkpoint that names no model.
+        CheckpointError: a folder, an unreadable file, or a checkpoint that names no model or holds no weights.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -187,6 +187,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path} as a mobilevit-torch training checkpoint ({reason})") from None
     if not isinstance(payload.get("model_name"), str):
         raise CheckpointError(f"{path} does not say which model it holds (no 'model_name')")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path} holds no weights (no 'state_dict' in the checkpoint)")
     return payload
 
 

@@ -433,6 +433,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                             "epoch": epoch + 1,
                             "best": dict(best),
                             "confusion": best_confusion,
+                            "config": dataclasses.asdict(config),  # no optimizer/RNG: weights, not a resume point
                         },
                     )
             epochs_this_run += 1

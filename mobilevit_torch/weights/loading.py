@@ -101,6 +101,8 @@ def read_weights(path: Path) -> LoadedWeights:
 
     metadata: dict[str, Any] = {}
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+        if not isinstance(raw.get("state_dict"), dict):
+            raise WeightsError(f"{file} is a mobilevit-torch checkpoint that holds no weights (no 'state_dict')")
         metadata, raw = raw, raw["state_dict"]
     elif isinstance(raw, dict):
         for key in ("state_dict", "model_state_dict", "model", "state_dict_ema"):
