@@ -1,11 +1,29 @@
-"""mobilevit-torch: a faithful, fast MobileViT (Mehta & Rastegari 2021, arXiv 2110.02178)."""
+"""mobilevit-torch: a faithful, fast MobileViT (Mehta & Rastegari 2021, arXiv 2110.02178).
 
-from mobilevit_torch.registry import UnknownModelError, create_model, list_models, register_model  # noqa: I001
-from mobilevit_torch.models import VARIANTS, MobileViT, MobileViTConfig, StageSpec
-from mobilevit_torch.preprocessing import Preprocessing
-from mobilevit_torch.weights import WeightsError
+The public names below are imported on first use (PEP 562), so importing a torch-free part of the
+package (``mobilevit_torch.cli``, which every command line imports before parsing its arguments)
+does not import torch: ``python evaluate.py --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "UnknownModelError": "mobilevit_torch.registry",
+    "create_model": "mobilevit_torch.registry",
+    "list_models": "mobilevit_torch.registry",
+    "register_model": "mobilevit_torch.registry",
+    "VARIANTS": "mobilevit_torch.models",
+    "MobileViT": "mobilevit_torch.models",
+    "MobileViTConfig": "mobilevit_torch.models",
+    "StageSpec": "mobilevit_torch.models",
+    "Preprocessing": "mobilevit_torch.preprocessing",
+    "WeightsError": "mobilevit_torch.weights",
+}
 
 __all__ = [
     "VARIANTS",
@@ -19,3 +37,21 @@ __all__ = [
     "list_models",
     "register_model",
 ]
+
+if TYPE_CHECKING:
+    from mobilevit_torch.models import VARIANTS, MobileViT, MobileViTConfig, StageSpec
+    from mobilevit_torch.preprocessing import Preprocessing
+    from mobilevit_torch.registry import UnknownModelError, create_model, list_models, register_model
+    from mobilevit_torch.weights import WeightsError
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

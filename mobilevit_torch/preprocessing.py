@@ -28,8 +28,15 @@ class Preprocessing:
     channel_order: ChannelOrder = "RGB"
 
     def __post_init__(self) -> None:
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int):
+            raise TypeError(f"input_size must be an integer, got {type(self.input_size).__name__} {self.input_size!r}")
         if self.input_size <= 0:
             raise ValueError(f"input_size must be positive, got {self.input_size}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3:
+                raise ValueError(f"{name} needs one value per channel (3), got {values!r}")
+        if not all(value > 0 for value in self.std):  # pixels are divided by std
+            raise ValueError(f"std must be positive, got {self.std!r}")
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.channel_order not in ("RGB", "BGR"):

@@ -20,8 +20,15 @@ class UnknownModelError(ValueError):
     """Raised for a model name that is not registered; the message lists the closest names."""
 
 
+def _register_builtin_models() -> None:
+    """Import the package's own builders, which register themselves (``mobilevit_torch.models``), before
+    the registry is read or added to: they are there however the registry was imported."""
+    import mobilevit_torch.models  # noqa: F401  (while it is being imported, this returns at once)
+
+
 def register_model(builder: ModelBuilder) -> ModelBuilder:
     """Register ``builder`` under its function name. Registering a name twice is an error."""
+    _register_builtin_models()
     name = builder.__name__
     if name in _MODELS:
         raise ValueError(f"a model named {name!r} is already registered ({_MODELS[name].__module__})")
@@ -31,15 +38,31 @@ def register_model(builder: ModelBuilder) -> ModelBuilder:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``, sorted."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"list_models() takes a shell-style pattern such as '*xs', got {type(pattern).__name__}")
+    _register_builtin_models()
     return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
 
 
 def get_model_builder(name: str) -> ModelBuilder:
+    if not isinstance(name, str):
+        raise TypeError(f"a model name is a string such as 'mobilevit_xxs', got {type(name).__name__} {name!r}")
+    _register_builtin_models()
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
+        close = _closest_names(name)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
     return _MODELS[name]
+
+
+def _closest_names(name: str) -> list[str]:
+    """Up to three registered names for a mistyped one; a name that differs only in case, ``-`` for ``_``,
+    a ``timm/`` prefix, a ``.tag`` suffix or the ``mobilevit_`` prefix (``xxs``, as ``train.py model=xxs``) first."""
+    key = name.lower().replace("-", "_")
+    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
+    same = [n for n in (key, stem, f"mobilevit_{stem}") if n in _MODELS]
+    close = difflib.get_close_matches(key, list(_MODELS), n=3, cutoff=0.4)
+    return list(dict.fromkeys(same + close))[:3]
 
 
 def model_arguments(name: str) -> list[str]:
@@ -66,9 +89,11 @@ def create_model(
         pretrained: ``False``; ``True`` for the published ImageNet weights (needs network access);
             a Hugging Face hub id (``"timm/mobilevit_xxs.cvnets_in1k"``, ``"apple/mobilevit-xx-small"``);
             or a local file/directory in the timm, transformers, ml-cvnets or mobilevit-torch layout.
+            RGB weights fit a model with ``in_chans != 3``: the first convolution is adapted (logged).
         num_classes: classifier size. ``None`` means the checkpoint's when loading weights, else 1000.
             When it differs from the checkpoint's, the classifier is re-initialised (a warning says so).
-        **kwargs: the model's own keyword arguments (``drop_rate``, ``dropout``, ...). Unknown ones raise.
+        **kwargs: the model's own keyword arguments (``drop_rate``, ``dropout``, ``drop_path_rate``, ...).
+            Unknown ones raise.
     """
     get_model_builder(name)
     accepted = model_arguments(name)
@@ -102,5 +127,5 @@ def _build(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
     model = get_model_builder(name)(num_classes=num_classes, **kwargs)
     # What a checkpoint needs to rebuild this model.
     model.model_name = name
-    model.model_args = {"num_classes": num_classes, **kwargs}
+    model.model_args = {"num_classes": getattr(model, "num_classes", num_classes), **kwargs}  # as the model read it
     return model

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches
+from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock, fold_patches, unfold_patches
+from mobilevit_torch.layers import DropPath
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 8, 6), (1, 3, 4, 4), (3, 7, 2, 10)])
@@ -53,3 +54,37 @@ def test_block_handles_feature_maps_not_multiple_of_patch(size: tuple[int, int])
     block = MobileViTBlock(6, transformer_dim=8, ffn_dim=16, num_layers=1, num_heads=2, patch_size=2).eval()
     x = torch.randn(2, 6, *size)
     assert block(x).shape == x.shape
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_rest() -> None:
+    drop = DropPath(0.25).train()
+    x = torch.ones(4000, 3, 2, 2)
+    out = drop(x)
+    per_sample = out.flatten(1)
+    assert ((per_sample == 0).all(dim=1) | (per_sample == 1 / 0.75).all(dim=1)).all()  # all or nothing, per sample
+    dropped = (per_sample[:, 0] == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 0.03 and abs(out.mean().item() - 1.0) < 0.05  # the expectation is kept
+    assert drop.eval()(x) is x
+    with pytest.raises(ValueError, match=r"DropPath rate must be in \[0, 1\), got 1.0"):
+        DropPath(1.0)
+
+
+def test_blocks_drop_their_residual_branches_only_in_training() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, 4, 4)
+    plain = InvertedResidual(8, 8, stride=1, expand_ratio=2)
+    dropping = InvertedResidual(8, 8, stride=1, expand_ratio=2, drop_path=0.5)
+    dropping.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain_out, out = plain.train()(x), dropping.train()(x)
+        # A dropped sample is its shortcut alone; a kept one is shortcut + branch / 0.5.
+        dropped = (out - x).flatten(1).abs().amax(dim=1) == 0
+        assert 0 < int(dropped.sum()) < 16
+        torch.testing.assert_close(out[~dropped], x[~dropped] + (plain_out - x)[~dropped] / 0.5)
+        torch.testing.assert_close(dropping.eval()(x), plain.eval()(x))
+    # No shortcut beside a down-sampling block: nothing to drop.
+    assert isinstance(InvertedResidual(8, 16, stride=2, expand_ratio=2, drop_path=0.5).drop_path, torch.nn.Identity)
+
+    block = MobileViTBlock(6, transformer_dim=8, ffn_dim=16, num_layers=2, num_heads=2, patch_size=2, drop_path=0.3)
+    rates = [m.rate for m in block.modules() if isinstance(m, DropPath)]
+    assert rates == [0.3] * 4  # attention and MLP branch of each transformer layer

@@ -71,6 +71,111 @@ def test_reset_classifier() -> None:
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 320)
 
 
+def test_get_classifier_and_forward_head_as_timm_names_them() -> None:
+    """``forward == forward_head(forward_features)``; ``pre_logits=True`` stops at the pooled features,
+    which ``get_classifier()`` (the final Linear) turns into the logits."""
+    model = create_model("mobilevit_xxs", num_classes=6).eval()
+    classifier = model.get_classifier()
+    assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == 6
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        features = model.forward_features(x)  # [2, 320, 3, 3]
+        pooled = model.forward_head(features, pre_logits=True)
+        torch.testing.assert_close(pooled, features.mean(dim=(2, 3)))
+        assert pooled.shape == (2, model.num_features)
+        torch.testing.assert_close(model.forward_head(features), model(x))
+        torch.testing.assert_close(classifier(pooled), model(x))
+    model.reset_classifier(3)
+    assert model.get_classifier() is model.classifier and model.get_classifier().out_features == 3
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
+
+
+def test_reset_classifier_keeps_model_args_true_and_checks_its_argument() -> None:
+    """A checkpoint rebuilds the model from ``model_args``: it must name the classifier the model has."""
+    model = create_model("mobilevit_xxs", num_classes=3, drop_rate=0.2)
+    model.reset_classifier(7)
+    assert model.model_args == {"num_classes": 7, "drop_rate": 0.2}
+    with pytest.raises(ValueError, match="num_classes must be >= 0, got -1"):
+        model.reset_classifier(-1)
+    with pytest.raises(TypeError, match="num_classes must be an integer, got str '3'"):
+        model.reset_classifier("3")  # type: ignore[arg-type]
+    assert model.num_classes == 7 and model.classifier.out_features == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"num_classes": "5"}, TypeError, "num_classes must be an integer, got str '5'"),
+        ({"num_classes": 5.0}, TypeError, "num_classes must be an integer, got float 5.0"),
+        ({"num_classes": True}, TypeError, "num_classes must be an integer, got True"),
+        ({"num_classes": -1}, ValueError, "num_classes must be >= 0, got -1"),
+        ({"in_chans": 0}, ValueError, "in_chans must be >= 1, got 0"),
+        ({"drop_rate": -0.1}, ValueError, r"drop_rate is a dropout probability and must be in \[0, 1\], got -0.1"),
+        ({"drop_rate": "0.1"}, TypeError, "drop_rate must be a number in"),
+        ({"dropout": 1.5}, ValueError, "dropout is a dropout probability"),
+        ({"attn_drop": 2.0}, ValueError, "attn_drop is a dropout probability"),  # torch: only at the first step
+        ({"ffn_drop": -1}, ValueError, "ffn_drop is a dropout probability"),
+        (
+            {"drop_path_rate": 1.0},
+            ValueError,
+            r"drop_path_rate is a drop-path \(stochastic depth\) probability and must be in \[0, 1\), got 1.0",
+        ),
+        ({"drop_path_rate": -0.1}, ValueError, r"drop_path_rate is a drop-path .* in \[0, 1\), got -0.1"),
+        ({"drop_path_rate": "0.1"}, TypeError, r"drop_path_rate must be a number in \[0, 1\), got str '0.1'"),
+    ],
+)
+def test_bad_arguments_are_named_up_front(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        create_model("mobilevit_xxs", **kwargs)
+
+
+def test_integer_like_num_classes_and_boundary_rates_are_accepted() -> None:
+    import numpy as np
+
+    model = create_model("mobilevit_xxs", num_classes=np.int64(4), in_chans=1, drop_rate=0, attn_drop=1.0)
+    assert model.num_classes == 4 and type(model.num_classes) is int
+    assert type(model.model_args["num_classes"]) is int  # checkpoints are read back with weights_only=True
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 4)
+
+
+def drop_path_rates(model: torch.nn.Module) -> dict[str, float]:
+    from mobilevit_torch.layers import DropPath
+
+    return {name: module.rate for name, module in model.named_modules() if isinstance(module, DropPath)}
+
+
+def test_drop_path_rate_is_off_by_default_and_changes_only_training() -> None:
+    assert drop_path_rates(create_model("mobilevit_xxs")) == {}
+    kwargs = dict(num_classes=4, drop_rate=0.0, dropout=0.0)
+    plain = create_model("mobilevit_xxs", **kwargs)
+    dropping = create_model("mobilevit_xxs", drop_path_rate=0.3, **kwargs)
+    dropping.load_state_dict(plain.state_dict())  # no new parameters or buffers
+    assert dropping.model_args["drop_path_rate"] == 0.3
+    x = torch.rand(8, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dropping.eval()(x), plain.eval()(x), atol=0, rtol=0)
+        assert not torch.allclose(dropping.train()(x), plain.train()(x))
+    loss = dropping(x).logsumexp(dim=1).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dropping.parameters())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_drop_path_rate_follows_timms_schedule(name: str) -> None:
+    """Same rates on the same residual branches as ``timm.create_model(name, drop_path_rate=...)``; timm
+    also drops the down-sampling MV2 blocks' whole output (no shortcut), which is left out here."""
+    timm = pytest.importorskip("timm")
+    from timm.layers import DropPath as TimmDropPath
+
+    reference = timm.create_model(name, drop_path_rate=0.1)
+    expected = {n: m.drop_prob for n, m in reference.named_modules() if isinstance(m, TimmDropPath)}
+    down_sampling = {f"stages.{i}.0.drop_path" for i, spec in enumerate(VARIANTS[name[10:]].stages) if spec.stride > 1}
+    ours = drop_path_rates(create_model(name, drop_path_rate=0.1))
+    assert ours == {n: rate for n, rate in expected.items() if n not in down_sampling}
+    assert max(ours.values()) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_torch_export(name: str) -> None:
     model = create_model(name, num_classes=5).eval()
@@ -86,3 +191,19 @@ def test_torch_export_dynamic_batch() -> None:
     exported = torch.export.export(model, (torch.randn(2, 3, 256, 256),), dynamic_shapes=({0: batch},))
     with torch.no_grad():
         assert exported.module()(torch.randn(3, 3, 256, 256)).shape == (3, 5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated, but still what many deploy with
+@pytest.mark.parametrize("fused", [False, True])
+def test_torch_jit_trace_passes_its_own_check(fused: bool) -> None:
+    """``torch.jit.trace`` traces with autograd on, then traces again under ``no_grad`` to check the
+    graph; both must take the same (not the in-place) activation path."""
+    from mobilevit_torch.models import fuse_for_inference
+
+    model = create_model("mobilevit_xxs", num_classes=5).eval()
+    if fused:
+        model = fuse_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), atol=1e-5, rtol=1e-5)

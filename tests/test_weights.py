@@ -154,6 +154,78 @@ def test_new_num_classes_reinitialises_classifier(tmp_path: Path, caplog: pytest
         torch.testing.assert_close(ours.forward_features(x), reference.forward_features(x), atol=1e-5, rtol=0)
 
 
+def test_num_classes_0_leaves_the_classifier_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", num_classes=0).eval()
+    assert "classifier left out (num_classes=0, features only)" in caplog.text and "re-initialised" not in caplog.text
+    with torch.no_grad():
+        x = torch.rand(1, 3, 256, 256)
+        torch.testing.assert_close(ours(x), reference.forward_head(reference.forward_features(x), pre_logits=True))
+
+
+def test_pretrained_with_drop_path_rate_keeps_eval_parity(tmp_path: Path) -> None:
+    """Stochastic depth adds no weights and does nothing in eval mode: fine-tune from timm's weights with it."""
+    reference = randomize_norms(timm.create_model("mobilevit_xs")).eval()
+    save_file(reference.state_dict(), tmp_path / "model.safetensors")
+    ours = create_model("mobilevit_xs", pretrained=tmp_path / "model.safetensors", drop_path_rate=0.1).eval()
+    assert_same_logits(reference, ours, sizes=(256,))
+
+
+def test_forward_head_pre_logits_and_get_classifier_match_timm(tmp_path: Path) -> None:
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors").eval()
+    torch.testing.assert_close(ours.get_classifier().state_dict(), reference.get_classifier().state_dict())
+    with torch.no_grad():
+        x = torch.rand(2, 3, 256, 256)
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected)
+
+
+def test_grayscale_model_from_rgb_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """in_chans=1 sums the first convolution over R, G, B: a gray image gives what the RGB model gives
+    for the same gray replicated to three channels."""
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        gray = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", in_chans=1).eval()
+    assert caplog.text.count("input convolution adapted from 3 to 1 channel(s), summed over R, G, B") == 1
+    assert gray.stem.conv.weight.shape[1] == 1
+    x = torch.rand(2, 1, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x), reference(x.expand(-1, 3, -1, -1)), atol=1e-5, rtol=0)
+
+    # Weights saved from the gray model load back as they are; into an RGB model they do not fit.
+    torch.save(gray.state_dict(), tmp_path / "gray.pt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        again = create_model("mobilevit_xxs", pretrained=tmp_path / "gray.pt", in_chans=1)
+    assert "adapted" not in caplog.text and torch.equal(again.stem.conv.weight, gray.stem.conv.weight)
+    with pytest.raises(WeightsError, match=r"with another shape: stem.conv.weight \(checkpoint \(16, 1, 3, 3\)"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "gray.pt")
+
+
+@pytest.mark.parametrize("in_chans", [2, 4, 6])
+def test_more_input_channels_from_rgb_weights_follow_timm(
+    in_chans: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from timm.models._manipulate import adapt_input_conv as timm_adapt_input_conv
+
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", in_chans=in_chans).eval()
+    assert f"adapted from 3 to {in_chans} channel(s), R, G, B repeated and scaled by 3/{in_chans}" in caplog.text
+    expected = timm_adapt_input_conv(in_chans, reference.stem.conv.weight.detach().clone())
+    torch.testing.assert_close(ours.stem.conv.weight, expected, atol=0, rtol=0)
+    if in_chans == 6:  # R, G, B twice at half weight: the same RGB image twice gives the RGB model's logits
+        x = torch.rand(1, 3, 256, 256)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x.repeat(1, 2, 1, 1)), reference(x), atol=1e-5, rtol=0)
+
+
 def test_wrong_variant_is_a_clear_error(tmp_path: Path) -> None:
     save_file(timm.create_model("mobilevit_xs").state_dict(), tmp_path / "xs.safetensors")
     with pytest.raises(WeightsError, match="does not match mobilevit_xxs.*looks like a mobilevit_xs") as err:
@@ -192,6 +264,71 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     assert isinstance(err.value, ValueError)
 
 
+def test_damaged_files_are_called_damaged(tmp_path: Path) -> None:
+    """Cut short, a weights file is a damaged one of its kind, not 'not a PyTorch or safetensors file'."""
+    state = timm.create_model("mobilevit_xxs").state_dict()
+    save_file(state, tmp_path / "full.safetensors")
+    torch.save(state, tmp_path / "full.pth")
+    for name, cut in (("full.safetensors", 5000), ("full.safetensors", -1000), ("full.pth", 5000), ("full.pth", -1000)):
+        damaged = tmp_path / f"cut{cut}_{name}"
+        damaged.write_bytes((tmp_path / name).read_bytes()[:cut])
+        kind = "safetensors" if name.endswith(".safetensors") else "PyTorch"
+        with pytest.raises(WeightsError, match=f"{damaged.name}: a damaged or truncated {kind} file"):
+            create_model("mobilevit_xxs", pretrained=damaged)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_files_are_read_by_content_not_by_suffix(name: str, tmp_path: Path) -> None:
+    """Whatever the name says; mobilevit_xs's safetensors header length happens to start with byte 0x80,
+    which is also how a legacy (non-zip) torch.save pickle starts."""
+    reference = randomize_norms(timm.create_model(name)).eval()
+    save_file(reference.state_dict(), tmp_path / "renamed.pth")
+    torch.save(reference.state_dict(), tmp_path / "renamed.safetensors")
+    torch.save(reference.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for file in ("renamed.pth", "renamed.safetensors", "legacy.pth"):
+        assert_same_logits(reference, create_model(name, pretrained=tmp_path / file).eval(), sizes=(256,))
+
+
+def test_a_whole_pickled_model_is_refused_with_what_to_save_instead(tmp_path: Path) -> None:
+    torch.save(timm.create_model("mobilevit_xxs"), tmp_path / "whole.pth")
+    with pytest.raises(WeightsError, match=r"it holds pickled Python objects.*save model\.state_dict\(\)") as err:
+        create_model("mobilevit_xxs", pretrained=tmp_path / "whole.pth")
+    assert "\x1b[" not in str(err.value)  # none of torch.load's terminal escape codes
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "error", "message"),
+    [
+        (1, TypeError, "pretrained= takes True, False, a Hugging Face hub id or a local file/folder, got int"),
+        ({"stem.conv.weight": torch.zeros(1)}, TypeError, "got dict: to load a state dict you hold, save it"),
+        ("", ValueError, "pretrained='' names no file"),
+    ],
+)
+def test_pretrained_of_the_wrong_kind(pretrained: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        create_model("mobilevit_xxs", pretrained=pretrained)  # type: ignore[arg-type]
+
+
+def test_same_variant_mismatch_does_not_claim_it_is_another_and_fused_weights_are_recognised(tmp_path: Path) -> None:
+    from mobilevit_torch.models import fuse_for_inference
+
+    model = create_model("mobilevit_xxs", num_classes=5)
+    torch.save(fuse_for_inference(model).state_dict(), tmp_path / "fused.pt")
+    with pytest.raises(WeightsError, match="does not match mobilevit_xxs") as err:
+        create_model("mobilevit_xxs", pretrained=tmp_path / "fused.pt")
+    assert "looks like a mobilevit_xxs" not in str(err.value)
+    assert "it looks like the state_dict of a fuse_for_inference copy" in str(err.value)
+
+
+def test_mobilevit_v2_weights_are_named_as_another_network(tmp_path: Path) -> None:
+    """The v2 checkpoints sit beside v1's on the hub; they used to fail as a 'timm layout' key mismatch."""
+    save_file(timm.create_model("mobilevitv2_050").state_dict(), tmp_path / "timm_v2.safetensors")
+    transformers.MobileViTV2ForImageClassification(transformers.MobileViTV2Config()).save_pretrained(tmp_path / "hf_v2")
+    for weights in (tmp_path / "timm_v2.safetensors", tmp_path / "hf_v2"):
+        with pytest.raises(WeightsError, match="these weights are MobileViT v2 .* a different network"):
+            create_model("mobilevit_xxs", pretrained=weights)
+
+
 def test_checkpoint_without_weights(tmp_path: Path) -> None:
     torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, tmp_path / "empty.pt")
     with pytest.raises(WeightsError, match=r"empty\.pt is a mobilevit-torch checkpoint that holds no weights"):
@@ -225,7 +362,10 @@ def test_hub_offline_says_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch, tm
     import huggingface_hub.constants
 
     importlib.reload(huggingface_hub.constants)
-    with pytest.raises(WeightsError, match="timm/mobilevit_xxs.cvnets_in1k.*pretrained='path/to"):
+    with pytest.raises(WeightsError, match="timm/mobilevit_xxs.cvnets_in1k") as err:
         read_pretrained("mobilevit_xxs", True)
+    # The command named exists in today's huggingface_hub (its huggingface-cli was removed in 1.0).
+    assert "hf download timm/mobilevit_xxs.cvnets_in1k --local-dir mobilevit_xxs.cvnets_in1k" in str(err.value)
+    assert "pretrained='mobilevit_xxs.cvnets_in1k'" in str(err.value)
     with pytest.raises(WeightsError, match="apple/mobilevit-xx-small"):
         create_model("mobilevit_xxs", pretrained="apple/mobilevit-xx-small")

@@ -65,6 +65,8 @@ class MobileViTBlock(nn.Module):
     patches, ``num_layers`` transformer layers across patches, LayerNorm, fold back. Fusion: 1x1
     conv-BN-SiLU back to ``C``, concatenate with the block input, 3x3 conv-BN-SiLU.
 
+    ``drop_path`` is every transformer layer's stochastic-depth rate (timm's ``drop_path_rate``).
+
     When the feature map is not a multiple of the patch size it is resized (bilinear) up to the
     next multiple before unfolding and back after folding, as ml-cvnets, timm and transformers do.
     """
@@ -81,6 +83,7 @@ class MobileViTBlock(nn.Module):
         dropout: float = 0.0,
         attn_drop: float = 0.0,
         ffn_drop: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.patch_h = self.patch_w = patch_size
@@ -95,6 +98,7 @@ class MobileViTBlock(nn.Module):
                     dropout=dropout,
                     attn_drop=attn_drop,
                     ffn_drop=ffn_drop,
+                    drop_path=drop_path,
                 )
                 for _ in range(num_layers)
             ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mobilevit_torch.layers import Mlp, MultiHeadAttention
+from mobilevit_torch.layers import DropPath, Mlp, MultiHeadAttention
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -12,6 +12,8 @@ class TransformerEncoderLayer(nn.Module):
 
     The pre-norm layer of arXiv 2110.02178, Section 3.1 (``global_rep`` in ml-cvnets). Input and
     output are ``[B*P, N, d]``: one sequence of N patches for each of the P pixel positions.
+    ``drop_path`` drops both residual branches per sequence in training (stochastic depth, as timm's
+    ``TransformerBlock`` does); 0 leaves them as they are.
     """
 
     def __init__(
@@ -23,13 +25,16 @@ class TransformerEncoderLayer(nn.Module):
         dropout: float = 0.0,
         attn_drop: float = 0.0,
         ffn_drop: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads=num_heads, attn_drop=attn_drop, proj_drop=dropout)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, hidden_dim=ffn_dim, ffn_drop=ffn_drop, proj_drop=dropout)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))

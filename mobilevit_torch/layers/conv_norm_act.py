@@ -115,10 +115,11 @@ class ConvNormAct(nn.Module):
         if self.fused_norm and fused_norm_applies(x, self.bn):
             return batch_norm_act(x, self.bn, act=isinstance(self.act, nn.SiLU))  # type: ignore[arg-type]
         x = self.bn(x)
-        if isinstance(self.act, nn.SiLU) and not torch.is_grad_enabled():
+        if isinstance(self.act, nn.SiLU) and not torch.is_grad_enabled() and not torch.jit.is_tracing():
             # No autograd graph, so nothing else holds the normalised map: activate it in place and
             # skip allocating (on the CPU, page-faulting in) another one. With autograd on, in place
-            # would make autograd clone the input instead.
+            # would make autograd clone the input instead. Not while tracing: torch.jit.trace checks
+            # its graph by tracing again under no_grad, and the graphs must not differ.
             return F.silu(x, inplace=True)
         return self.act(x)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
@@ -18,6 +20,12 @@ class MobileViT(nn.Module):
 
     3x3 stride-2 stem, five stages of MV2 blocks (stages 3-5 end in a MobileViT block), a 1x1
     expansion, global average pooling, dropout and a linear classifier. ``forward`` returns logits.
+
+    ``drop_path_rate`` is timm's stochastic depth: the rate rises linearly from 0 at the first block
+    to ``drop_path_rate`` at the last (MV2 and MobileViT blocks counted alike, in order), and applies
+    to the residual branch of every MV2 block that has one and to both residual branches of every
+    transformer layer in a MobileViT block (timm also drops the whole output of the down-sampling MV2
+    blocks, which have no shortcut; see ``InvertedResidual``).
     """
 
     def __init__(
@@ -30,10 +38,19 @@ class MobileViT(nn.Module):
         dropout: float | None = None,
         attn_drop: float = 0.0,
         ffn_drop: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        # Checked here, by name: torch would fail later, deep inside nn.Linear/nn.Dropout, or (attention
+        # dropout) only at the first training step.
+        num_classes = _check_count("num_classes", num_classes, minimum=0)
+        in_chans = _check_count("in_chans", in_chans, minimum=1)
+        rates = {"drop_rate": drop_rate, "dropout": dropout, "attn_drop": attn_drop, "ffn_drop": ffn_drop}
+        for name, rate in rates.items():
+            if rate is not None:  # dropout=None: the variant's own
+                _check_rate(name, rate)
+        # A rate of 1 would drop every branch and divide the kept ones by 0.
+        _check_rate("drop_path_rate", drop_path_rate, kind="drop-path (stochastic depth)", below_one=True)
         self.config = config
         self.num_classes = num_classes
         self.preprocessing = Preprocessing()
@@ -44,11 +61,23 @@ class MobileViT(nn.Module):
         stages: list[nn.Module] = []
         self.feature_info: list[dict[str, int | str]] = []
         in_chs, reduction = config.stem_chs, 2
+        # One rate per block, MV2 and MobileViT blocks alike, linear from 0 to drop_path_rate (timm's
+        # schedule, float32 linspace included, so both models drop with the same probabilities).
+        num_blocks = sum(spec.depth + spec.has_transformer for spec in config.stages)
+        block_rates = iter(torch.linspace(0, drop_path_rate, num_blocks).tolist())
         for index, spec in enumerate(config.stages):
             blocks: list[nn.Module] = []
             for depth_index in range(spec.depth):
                 stride = spec.stride if depth_index == 0 else 1
-                blocks.append(InvertedResidual(in_chs, spec.out_chs, stride=stride, expand_ratio=config.expand_ratio))
+                blocks.append(
+                    InvertedResidual(
+                        in_chs,
+                        spec.out_chs,
+                        stride=stride,
+                        expand_ratio=config.expand_ratio,
+                        drop_path=next(block_rates),
+                    )
+                )
                 in_chs = spec.out_chs
             if spec.has_transformer:
                 assert spec.transformer_dim is not None and spec.ffn_dim is not None
@@ -63,6 +92,7 @@ class MobileViT(nn.Module):
                         dropout=transformer_dropout,
                         attn_drop=attn_drop,
                         ffn_drop=ffn_drop,
+                        drop_path=next(block_rates),
                     )
                 )
             stages.append(nn.Sequential(*blocks))
@@ -76,9 +106,16 @@ class MobileViT(nn.Module):
         self.classifier = nn.Linear(config.final_chs, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
+    def get_classifier(self) -> nn.Module:
+        """The final ``nn.Linear`` (``nn.Identity`` when the model has ``num_classes=0``), as timm names it."""
+        return self.classifier
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` (0: features only)."""
+        num_classes = _check_count("num_classes", num_classes, minimum=0)
         self.num_classes = num_classes
+        if "num_classes" in getattr(self, "model_args", {}):  # set by create_model; checkpoints rebuild from it
+            self.model_args["num_classes"] = num_classes
         self.class_names = None
         device = self.final_conv.conv.weight.device
         self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
@@ -97,13 +134,35 @@ class MobileViT(nn.Module):
         """The last feature map after the 1x1 expansion: ``[B, final_chs, H/32, W/32]``."""
         return self.final_conv(self.stages(self.stem(x)))
 
-    def forward_head(self, x: Tensor) -> Tensor:
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool, dropout and classify a :meth:`forward_features` map; ``pre_logits=True`` stops before the
+        classifier and returns the pooled ``[B, num_features]`` features (timm's ``forward_head``)."""
         # [B, C, h, w] -> [B, C, 1, 1] -> [B, C]
-        x = self.pool(x).flatten(1)
-        return self.classifier(self.head_drop(x))
+        x = self.head_drop(self.pool(x).flatten(1))
+        return x if pre_logits else self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _check_count(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_rate(name: str, value: Any, *, kind: str = "dropout", below_one: bool = False) -> None:
+    interval = "[0, 1)" if below_one else "[0, 1]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in {interval}, got {type(value).__name__} {value!r}")
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} is a {kind} probability and must be in {interval}, got {value}")
 
 
 def _init_weights(module: nn.Module) -> None:

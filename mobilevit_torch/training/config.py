@@ -25,6 +25,7 @@ class ModelConfig:
     name: str = "mobilevit_xxs"
     drop_rate: float = 0.1  # before the classifier
     dropout: float | None = None  # inside the transformer; None: the variant's (ml-cvnets) value
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this at the last block; 0: off
 
 
 @dataclass
@@ -127,6 +128,7 @@ class TrainConfig:
         _in_range("model.drop_rate", model.drop_rate, 0.0, 1.0)
         if model.dropout is not None:
             _in_range("model.dropout", model.dropout, 0.0, 1.0)
+        _in_range("model.drop_path_rate", model.drop_path_rate, 0.0, 1.0)
         _in_range("recipe.label_smoothing", recipe.label_smoothing, 0.0, 1.0)
         _in_range("recipe.ema_decay", recipe.ema_decay, 0.0, 1.0)
         if not 0.0 <= recipe.hflip <= 1.0:

@@ -114,6 +114,12 @@ def detect_layout(keys: Iterable[str]) -> Layout:
     def has(predicate: Callable[[str], bool]) -> bool:
         return any(predicate(k) for k in keys)
 
+    if has(_is_mobilevit_v2_key):
+        raise UnknownLayoutError(
+            "these weights are MobileViT v2 (arXiv 2206.02680: separable linear attention, "
+            "timm's mobilevitv2_*, transformers' MobileViTV2, apple/mobilevitv2-*), a different network; "
+            "this package implements MobileViT (v1: mobilevit_xxs, mobilevit_xs, mobilevit_s)"
+        )
     if has(lambda k: k.startswith(("mobilevit.", "encoder.layer.", "conv_stem."))):
         return "transformers"
     if has(lambda k: ".global_rep." in k or k.startswith(("conv_1.block.", "layer_1."))):
@@ -126,6 +132,16 @@ def detect_layout(keys: Iterable[str]) -> Layout:
     raise UnknownLayoutError(
         f"these weights are not a MobileViT checkpoint in any known layout (timm, transformers, "
         f"ml-cvnets, mobilevit-torch); first keys: {sample}"
+    )
+
+
+def _is_mobilevit_v2_key(key: str) -> bool:
+    """transformers' ``mobilevitv2.`` prefix; v2's separable attention ``qkv_proj`` (timm, transformers),
+    which in ml-cvnets v1 only appears inside ``pre_norm_mha``; ml-cvnets v2's ``pre_norm_attn``."""
+    return (
+        key.startswith("mobilevitv2.")
+        or ".pre_norm_attn." in key
+        or (".qkv_proj." in key and ".pre_norm_mha." not in key)
     )
 
 

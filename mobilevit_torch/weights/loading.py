@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mobilevit_torch.preprocessing import APPLE_IMAGENET, TIMM_IMAGENET, Preprocessing
+from mobilevit_torch.weights.input_conv import STEM_WEIGHT, adapt_input_conv
 from mobilevit_torch.weights.layouts import (
     Layout,
     UnknownLayoutError,
@@ -39,6 +41,7 @@ PUBLISHED: dict[str, dict[str, str]] = {
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
+_SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; safetensors refuses longer headers
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -66,6 +69,18 @@ def read_pretrained(model_name: str, pretrained: bool | str | Path) -> LoadedWei
         if model_name not in PUBLISHED:
             raise WeightsError(f"no published weights for {model_name!r}; pass a local file instead")
         return _read_hub(PUBLISHED[model_name]["timm"], model_name)
+    if not isinstance(pretrained, (str, os.PathLike)):
+        hint = (
+            ": to load a state dict you hold, save it (torch.save or safetensors) and pass the file"
+            if isinstance(pretrained, dict)
+            else ""
+        )
+        raise TypeError(
+            f"pretrained= takes True, False, a Hugging Face hub id or a local file/folder, "
+            f"got {type(pretrained).__name__}{hint}"
+        )
+    if not str(pretrained).strip():
+        raise ValueError("pretrained='' names no file; pass a path, a hub id, True or False")
     path = Path(pretrained).expanduser()
     if path.exists():
         weights = read_weights(path)
@@ -135,9 +150,20 @@ def read_weights(path: Path) -> LoadedWeights:
 
 
 def load_into(model: nn.Module, weights: LoadedWeights) -> None:
-    """Load ``weights`` into ``model`` strictly; re-initialise the classifier if its size differs."""
+    """Load ``weights`` into ``model`` strictly; re-initialise the classifier if its size differs, and
+    adapt RGB weights' first convolution to a model built with ``in_chans != 3`` (timm's rule)."""
     state_dict = dict(weights.state_dict)
     expected = model.state_dict()
+    stem, target = state_dict.get(STEM_WEIGHT), expected.get(STEM_WEIGHT)
+    adapt_stem = (
+        stem is not None
+        and target is not None
+        and stem.shape[1] == 3
+        and target.shape[1] != 3
+        and (stem.shape[0], *stem.shape[2:]) == (target.shape[0], *target.shape[2:])
+    )
+    if adapt_stem:
+        state_dict[STEM_WEIGHT] = adapt_input_conv(stem, target.shape[1])
     num_classes = getattr(model, "num_classes", None)
     reinit_head = weights.num_classes != num_classes
     if reinit_head:
@@ -155,15 +181,23 @@ def load_into(model: nn.Module, weights: LoadedWeights) -> None:
         name = getattr(model, "model_name", type(model).__name__)
         raise WeightsError(
             f"{weights.source} ({weights.layout} layout) does not match {name}"
-            + _guess_variant(weights.state_dict)
+            + _guess_variant(weights.state_dict, name)
+            + _fused_hint(missing, unexpected)
             + _list_keys("missing", missing)
             + _list_keys("unexpected", unexpected)
             + _list_keys("with another shape", mismatched)
         )
     model.load_state_dict(state_dict, strict=not reinit_head)
+    if adapt_stem:
+        in_chans = target.shape[1]
+        how = "summed over R, G, B" if in_chans == 1 else f"R, G, B repeated and scaled by 3/{in_chans}"
+        logger.warning("input convolution adapted from 3 to %d channel(s), %s: %s", in_chans, how, weights.source)
     if reinit_head:
         have = f"{weights.num_classes} classes" if weights.num_classes is not None else "no classifier"
-        logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
+        if num_classes == 0:
+            logger.warning("classifier left out (num_classes=0, features only): %s has %s", weights.source, have)
+        else:
+            logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
     elif weights.class_names is not None and len(weights.class_names) == num_classes:
         model.class_names = list(weights.class_names)
     if weights.preprocessing is not None:
@@ -182,16 +216,25 @@ def _find_weights_file(directory: Path) -> Path:
 
 
 def _load_file(file: Path) -> Any:
+    kind = _file_kind(file)  # by content, so a renamed file is still read the right way
     try:
-        if file.suffix == ".safetensors":
+        if kind == "safetensors" or (kind is None and file.suffix == ".safetensors"):
             from safetensors.torch import load_file
 
             return load_file(str(file), device="cpu")
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with open(file, "rb") as handle:  # a handle, not a path: torch.load picks safetensors by the name alone
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        kind = _file_kind(file)
-        reason = first_line if kind else "not a PyTorch or safetensors file"
+        if "Weights only load failed" in first_line:  # torch.load(weights_only=True) met a pickled object
+            reason = (
+                "it holds pickled Python objects, not just tensors (a whole model saved with "
+                "torch.save(model)?), and those are never unpickled here; save model.state_dict() instead"
+            )
+        elif kind:
+            reason = f"a damaged or truncated {'PyTorch' if kind == 'torch' else kind} file ({first_line})"
+        else:
+            reason = "not a PyTorch or safetensors file"
         raise WeightsError(
             f"cannot read weights from {file}: {reason}. Expected a .safetensors file or a "
             "torch.save'd state dict of tensors (arbitrary pickled objects are refused)."
@@ -203,17 +246,20 @@ def _file_kind(file: Path) -> str | None:
     try:
         with open(file, "rb") as handle:
             head = handle.read(9)
-        size = file.stat().st_size
     except OSError:
         return None
+    # Safetensors first: its 8-byte header length may itself start with 0x80. The length is checked
+    # against safetensors' own limit, not the file size, so a file cut short inside its header still
+    # reads as a (truncated) safetensors file.
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
+        return "safetensors"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save's zip; a legacy pickle
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"
     return None
 
 
 def _read_hub(repo_id: str, model_name: str) -> LoadedWeights:
+    folder = repo_id.rsplit("/", 1)[-1]
     try:
         from huggingface_hub import snapshot_download
 
@@ -221,8 +267,9 @@ def _read_hub(repo_id: str, model_name: str) -> LoadedWeights:
     except Exception as err:
         raise WeightsError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}). Without network "
-            f"access, download it on a machine that has it (huggingface-cli download {repo_id}) and pass the "
-            f"file or folder: create_model({model_name!r}, pretrained='path/to/model.safetensors')"
+            f"access, download it on a machine that has it (hf download {repo_id} --local-dir {folder}; "
+            f"huggingface_hub before 0.34: huggingface-cli download) and pass the folder or a file in it: "
+            f"create_model({model_name!r}, pretrained={folder!r})"
         ) from None
     return read_weights(Path(directory))
 
@@ -253,15 +300,30 @@ def _hf_class_names(config_file: Path) -> list[str] | None:
     return None if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names) else names
 
 
-def _guess_variant(state_dict: dict[str, Tensor]) -> str:
+def _guess_variant(state_dict: dict[str, Tensor], model_name: str) -> str:
     from mobilevit_torch.models.variants import VARIANTS
 
     final = state_dict.get("final_conv.conv.weight")
     if final is None:
         return ""
     for size, config in VARIANTS.items():
-        if config.final_chs == final.shape[0]:
+        if config.final_chs == final.shape[0] and f"mobilevit_{size}" != model_name:
             return f"; it looks like a mobilevit_{size} checkpoint"
+    return ""
+
+
+def _fused_hint(missing: list[str], unexpected: list[str]) -> str:
+    """A state dict saved from a ``fuse_for_inference`` copy: BatchNorm gone, biases on the convolutions."""
+    if (
+        missing
+        and unexpected
+        and all(".bn." in k for k in missing)
+        and all(k.endswith("conv.bias") for k in unexpected)
+    ):
+        return (
+            "; it looks like the state_dict of a fuse_for_inference copy (BatchNorm folded into the "
+            "convolutions), which cannot be loaded back: save the original model's state_dict"
+        )
     return ""
 
 
