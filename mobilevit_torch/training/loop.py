@@ -3,6 +3,7 @@
 ``train(config, run_dir)`` takes a plain :class:`TrainConfig` (``train.py`` builds it from Hydra)
 and writes everything into ``run_dir``: checkpoints ``last.pt``/``best.pt``, ``metrics.csv``/
 ``metrics.jsonl``, TensorBoard events, ``split.json``, plots and ``summary.json``.
+Photos to batches is ``data_setup.py``; restoring a checkpoint's state, ``resume.py``; log lines, ``run_log.py``.
 """
 
 from __future__ import annotations
@@ -18,28 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mobilevit_torch.data.cache import decode_images
-from mobilevit_torch.data.datasets import find_unreadable
-from mobilevit_torch.data.download import FLOWERS_SHA256, FLOWERS_URL, prepare_flowers
-from mobilevit_torch.data.folder import DataError, DatasetSplit, check_classes, make_split
 from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
 from mobilevit_torch.registry import create_model
-from mobilevit_torch.training import pipeline
 from mobilevit_torch.training.checkpoint import (
     CheckpointWriter,
     load_checkpoint,
     model_payload,
     read_training_checkpoint,
-    unwrap_model,
 )
 from mobilevit_torch.training.config import ConfigError, TrainConfig
+from mobilevit_torch.training.data_setup import build_data, prepare_split
 from mobilevit_torch.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -51,8 +46,8 @@ from mobilevit_torch.training.distributed import (
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
 from mobilevit_torch.training.mixing import Mixer
-from mobilevit_torch.training.resume import resume_changes
-from mobilevit_torch.training.run_log import RunLogger
+from mobilevit_torch.training.resume import restore, resume_changes, rng_state
+from mobilevit_torch.training.run_log import RunLogger, add_log_file, epoch_line, remove_log_files, summary_line
 from mobilevit_torch.training.schedule import learning_rate
 from mobilevit_torch.training.step import TrainStep
 
@@ -81,9 +76,7 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         return _train(config, Path(run_dir), device, info)
     finally:
-        for handler in [h for h in _PACKAGE_LOGGER.handlers if isinstance(h, _RunFileHandler)]:
-            _PACKAGE_LOGGER.removeHandler(handler)
-            handler.close()
+        remove_log_files()
         shutdown(info)
 
 
@@ -103,23 +96,15 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
-        _log_to_file(run_dir / "train.log")
+        add_log_file(run_dir / "train.log")
         for line in changes:
             logger.warning(line)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     random.seed(config.seed)
 
-    # ---- data: folder -> split -> decoded cache (or per-image loader) -------------------------
+    # ---- data: folder -> split (its classes size the model's head) ---------------------------
     split, skipped = prepare_split(config, run_dir, info, reuse=resume is not None)
     class_names = split.class_names
-    check_classes(  # before any decoding (with the cache, the readable images are checked again once known)
-        [s.label for s in split.train],
-        [s.label for s in split.val],
-        class_names,
-        root=config.data.root,
-        source=split.source,
-        warn=not config.data.cache,
-    )
 
     # ---- model -------------------------------------------------------------------------------
     model = create_model(
@@ -128,106 +113,18 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         num_classes=len(class_names),
         drop_rate=config.model.drop_rate,
         dropout=config.model.dropout,
+        drop_path_rate=config.model.drop_path_rate,
     )
     model.class_names = list(class_names)
     model.preprocessing = model.preprocessing.with_input_size(config.data.img_size)
-    pre = model.preprocessing
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
 
-    shard = pipeline.Shard(info.rank, info.world_size)
-    sizes = (
-        pipeline.multiscale_sizes(config.data.img_size, config.data.multiscale_sizes)
-        if config.data.multiscale
-        else None
-    )
-    if config.data.cache:
-        cache_dir = Path(config.data.cache_dir).expanduser()
-        workers = max(1, config.data.num_workers)
-        train_cache = decode_images(
-            split.train,
-            size=pipeline.train_cache_size(config.recipe, pre),
-            mode="squash",
-            cache_dir=cache_dir,
-            num_workers=workers,
-            progress=info.is_main and config.progress,
-        )
-        val_cache = decode_images(
-            split.val,
-            size=pre.resize_size,
-            mode="center_crop",
-            cache_dir=cache_dir,
-            num_workers=workers,
-            progress=info.is_main and config.progress,
-        )
-        skipped += train_cache.skipped + val_cache.skipped
-        check_classes(
-            train_cache.labels.tolist(),
-            val_cache.labels.tolist(),
-            class_names,
-            root=config.data.root,
-            source=split.source,
-        )
-        check_batch_size(len(train_cache.labels), config.data.batch_size, info.world_size)
-        if sizes:
-            check_multiscale_batch(len(train_cache.labels), config, sizes, info.world_size)
-        train_batches: Any = pipeline.CachedTrainBatches(
-            train_cache.images.to(device),
-            train_cache.labels.to(device),
-            batch_size=config.data.batch_size,
-            img_size=config.data.img_size,
-            pre=pre,
-            recipe=config.recipe,
-            seed=config.seed,
-            shard=shard,
-            sizes=sizes,
-        )
-        val_images, val_labels = val_cache.images.to(device), val_cache.labels.to(device)
-
-        def val_batches() -> Any:
-            return pipeline.CachedEvalBatches(
-                val_images,
-                val_labels,
-                batch_size=config.data.eval_batch_size,
-                img_size=config.data.img_size,
-                pre=pre,
-                shard=shard,
-            )
-
-        num_train, num_val = len(train_cache.labels), len(val_cache.labels)
-    else:
-        check_batch_size(len(split.train), config.data.batch_size, info.world_size)
-        if sizes:
-            check_multiscale_batch(len(split.train), config, sizes, info.world_size)
-        train_batches = pipeline.LoaderTrainBatches(
-            split.train,
-            batch_size=config.data.batch_size,
-            img_size=config.data.img_size,
-            pre=pre,
-            recipe=config.recipe,
-            seed=config.seed,
-            num_workers=config.data.num_workers,
-            device=device,
-            shard=shard,
-            sizes=sizes,
-        )
-
-        def val_batches() -> Any:
-            return pipeline.loader_eval_batches(
-                split.val,
-                batch_size=config.data.eval_batch_size,
-                pre=pre,
-                num_workers=config.data.num_workers,
-                device=device,
-                shard=shard,
-            )
-
-        num_train, num_val = len(split.train), len(split.val)
-    if skipped:
-        logger.warning("skipped %d unreadable file(s); see the warnings above and summary.json", len(skipped))
+    # ---- batches: decoded cache (or per-image loader), in the model's preprocessing ----------
+    data = build_data(config, split, skipped, model.preprocessing, device, info)
 
     # ---- optimizer, precision, EMA -----------------------------------------------------------
-    steps_per_epoch = train_batches.steps_per_epoch
+    steps_per_epoch = data.train_batches.steps_per_epoch
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     accum = config.recipe.accum_steps
@@ -287,7 +184,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         model,
         train_model,
         optimizer,
-        materialize=train_batches.materialize,
+        materialize=data.train_batches.materialize,
         num_classes=len(class_names),
         label_smoothing=recipe.label_smoothing,
         mixer=mixer,
@@ -349,7 +246,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 dynamic_ncols=True,
             )
             epoch_start = time.perf_counter()
-            batches = train_batches.epoch(epoch, start_step)
+            batches = data.train_batches.epoch(epoch, start_step)
             mixes = mixer.epoch_params(epoch, steps_per_epoch).to(device) if mixer else None  # [steps, 6]
             for step in range(start_step, steps_per_epoch, accum):  # one optimizer update per `accum` batches
                 lr = lr_at(epoch * updates_per_epoch + step // accum)
@@ -389,12 +286,13 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
             val_loss, val_acc, confusion = evaluate(
-                model, val_batches(), len(class_names), device, eval_autocast, memory_format, info, eval_forward
+                model, data.val_batches(), len(class_names), device, eval_autocast, memory_format, info, eval_forward
             )
             ema_acc, ema_confusion = None, None
             if ema is not None:
                 _, ema_acc, ema_confusion = evaluate(
-                    ema.module, val_batches(), len(class_names), device, eval_autocast, memory_format, info, ema_forward
+                    ema.module, data.val_batches(), len(class_names), device, eval_autocast, memory_format, info,
+                    ema_forward,
                 )
             images_trained += totals[2] - seen_before
             record = {
@@ -459,9 +357,9 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         "run_dir": str(run_dir),
         "model": config.model.name,
         "epochs": len(history),
-        "train_images": num_train,
-        "val_images": num_val,
-        "skipped_files": [list(s) for s in skipped],
+        "train_images": data.num_train,
+        "val_images": data.num_val,
+        "skipped_files": [list(s) for s in data.skipped],
         "wall_time_s": time.perf_counter() - started,
         "setup_time_s": loop_start - started,
         # The whole loop (steps, validation, checkpoints, logs) over the training images it went through.
@@ -590,131 +488,6 @@ def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> 
     return {"run_dir": str(run_dir), "epochs": done}
 
 
-def prepare_split(
-    config: TrainConfig, run_dir: Path, info: DistInfo, *, reuse: bool = False
-) -> tuple[DatasetSplit, list]:
-    """Find (or download) the photos, split them (or, ``reuse``: take the run's split.json), drop unreadable files."""
-    split_file = run_dir / "split.json"
-    if reuse and split_file.exists():
-        split = DatasetSplit.from_json(split_file)
-    else:
-        root = Path(config.data.root).expanduser()
-        if config.data.kind == "flowers":
-            if info.is_main:
-                root = prepare_flowers(
-                    root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
-                )
-            barrier(info)
-            root = prepare_flowers(
-                root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
-            )
-        elif not root.is_dir():
-            raise DataError(f"data.root does not exist or is not a folder: {root}")
-        split = make_split(root, seed=config.seed, val_fraction=config.data.val_fraction)
-        if info.is_main:
-            split.to_json(split_file)
-    skipped: list = []
-    if not config.data.cache:  # the cache path finds unreadable files while decoding
-        train, bad_train = find_unreadable(split.train, num_workers=max(1, config.data.num_workers))
-        val, bad_val = find_unreadable(split.val, num_workers=max(1, config.data.num_workers))
-        split = dataclasses.replace(split, train=train, val=val)
-        skipped = bad_train + bad_val
-    logger.info(
-        "data: %d training and %d validation images in %d classes (%s)",
-        len(split.train),
-        len(split.val),
-        len(split.class_names),
-        split.source,
-    )
-    return split, skipped
-
-
-def check_batch_size(num_train: int, batch_size: int, world_size: int) -> None:
-    """Refuse, in the config's terms, a training batch that cannot be formed (before any data pipeline is built)."""
-    if batch_size % world_size:
-        raise ConfigError(f"data.batch_size={batch_size} is not divisible by the {world_size} training processes")
-    if num_train < batch_size:
-        raise ConfigError(
-            f"only {num_train} readable training images, fewer than data.batch_size={batch_size}: "
-            "lower data.batch_size (or add photos)"
-        )
-
-
-def check_multiscale_batch(num_train: int, config: TrainConfig, sizes: list[int], world_size: int) -> None:
-    """Refuse multi-scale sizes whose batch, scaled up by area, is larger than the training set (an epoch
-    could never hold such a batch)."""
-    batch, base, size = config.data.batch_size, config.data.img_size, min(sizes)  # smallest images: largest batch
-    if config.data.cache:
-        scaled = batch if size == base else pipeline.scaled_batch(batch, base, size, world_size)
-    else:  # MultiScaleBatchSampler: each rank scales its share
-        scaled = world_size * max(1, (batch // world_size) * base**2 // size**2)
-    if scaled > num_train:
-        raise ConfigError(
-            f"data.multiscale: at {size} px the batch is scaled to {scaled} images (data.batch_size={batch} x "
-            f"({base}/{size})^2), more than the {num_train} readable training images: lower data.batch_size or "
-            "leave the small sizes out of data.multiscale_sizes"
-        )
-
-
-def restore(
-    payload: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    ema: ModelEma | None,
-    class_names: list[str],
-    config: TrainConfig,
-) -> tuple[int, int, list, dict, dict]:
-    """Put model, optimizer, scaler, EMA and RNGs back exactly as the checkpoint left them."""
-    if payload["model_name"] != config.model.name:
-        raise ConfigError(f"resume: the checkpoint is a {payload['model_name']}, but model={config.model.name}")
-    if list(payload["class_names"]) != list(class_names):
-        raise ConfigError(
-            f"resume: the checkpoint's classes {payload['class_names']} differ from the data's {class_names}"
-        )
-    unwrap_model(model).load_state_dict(payload["state_dict"])
-    options = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(payload["optimizer"])
-    except ValueError as error:
-        raise ConfigError(f"resume: the checkpoint's optimizer state does not fit this optimizer ({error})") from None
-    for group, current in zip(optimizer.param_groups, options, strict=True):
-        group.update(current)  # this run's settings (weight decay, fused, ...); the checkpoint's moments
-    if scaler.is_enabled() and payload["scaler"]:  # an fp16 run's loss scale; empty from a run without one
-        scaler.load_state_dict(payload["scaler"])
-    if ema is not None and payload.get("ema"):
-        ema.load_state_dict(payload["ema"])
-    step_in_epoch = int(payload.get("step_in_epoch", 0))
-    if step_in_epoch:  # mid-epoch: continue the interrupted epoch's random stream
-        set_rng_state(payload["rng"])
-    return (
-        int(payload["epoch"]),
-        step_in_epoch,
-        list(payload.get("history", [])),
-        dict(payload.get("best", {"val_acc": -1.0, "epoch": -1, "weights": "model"})),
-        dict(payload.get("epoch_sums") or {"loss": 0.0, "correct": 0.0, "seen": 0.0}),
-    )
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class StopSignal:
     """Remembers SIGINT/SIGTERM so the loop can save a resumable checkpoint before exiting."""
 
@@ -743,46 +516,3 @@ def diverged_message(epoch: int, step: int, value: float, run_dir: Path) -> str:
         f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. "
         "Lower recipe.lr, or set recipe.clip_grad=1.0."
     )
-
-
-def epoch_line(record: dict[str, Any], epochs: int) -> str:
-    ema = f" | ema {100 * record['ema_val_acc']:.1f}%" if record.get("ema_val_acc") is not None else ""
-    return (
-        f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
-        f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
-        f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
-        f"{_rate(record['images_per_s'])} img/s | {record['epoch_time_s']:.1f} s"
-    )
-
-
-def _rate(value: float) -> str:
-    """Images per second: whole numbers from 100 up, three significant digits below (``0.43``, not ``0``)."""
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    if "best_val_acc" not in summary:
-        return f"no epoch finished; outputs in {summary['run_dir']}"
-    ema = summary.get("last_ema_val_acc")
-    ema_text = f", last EMA {100 * ema:.2f}%" if ema is not None else ""
-    return (
-        f"done: best val acc {100 * summary['best_val_acc']:.2f}% (epoch {summary['best_epoch']}, "
-        f"{summary['best_weights']} weights), last {100 * summary['last_val_acc']:.2f}%{ema_text}; "
-        f"{summary['wall_time_s']:.0f} s; outputs in {summary['run_dir']}"
-    )
-
-
-_PACKAGE_LOGGER = logging.getLogger("mobilevit_torch")
-
-
-class _RunFileHandler(logging.FileHandler):
-    """The run directory's train.log; removed when train() returns."""
-
-
-def _log_to_file(path: Path) -> None:
-    handler = _RunFileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    if _PACKAGE_LOGGER.getEffectiveLevel() > logging.INFO:  # the run log records epochs even when nobody
-        _PACKAGE_LOGGER.setLevel(logging.INFO)  # configured logging (library use, tests)
-    _PACKAGE_LOGGER.addHandler(handler)

@@ -3,6 +3,8 @@
 CSV is for a spreadsheet or ``pandas.read_csv``; JSON lines is the lossless record a resumed run
 reads back; TensorBoard is for watching a run live. One ``log_epoch`` call writes all three, and
 each file is complete after every epoch, so a crash loses at most the epoch in flight.
+:func:`epoch_line` and :func:`summary_line` are the same records as one line of the training log,
+which :func:`add_log_file` also copies into the run folder's ``train.log``.
 """
 
 from __future__ import annotations
@@ -124,6 +126,59 @@ class RunLogger:
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(key, value, global_step=record["epoch"])
         self._writer.flush()
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One epoch's record as the line the training log shows for it."""
+    ema = f" | ema {100 * record['ema_val_acc']:.1f}%" if record.get("ema_val_acc") is not None else ""
+    return (
+        f"epoch {record['epoch']}/{epochs} | train loss {record['train_loss']:.3f} "
+        f"acc {100 * record['train_acc']:.1f}% | val loss {record['val_loss']:.3f} "
+        f"acc {100 * record['val_acc']:.1f}%{ema} | lr {record['lr']:.2e} | "
+        f"{_rate(record['images_per_s'])} img/s | {record['epoch_time_s']:.1f} s"
+    )
+
+
+def _rate(value: float) -> str:
+    """Images per second: whole numbers from 100 up, three significant digits below (``0.43``, not ``0``)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """A run's summary as the training log's last line."""
+    if "best_val_acc" not in summary:
+        return f"no epoch finished; outputs in {summary['run_dir']}"
+    ema = summary.get("last_ema_val_acc")
+    ema_text = f", last EMA {100 * ema:.2f}%" if ema is not None else ""
+    return (
+        f"done: best val acc {100 * summary['best_val_acc']:.2f}% (epoch {summary['best_epoch']}, "
+        f"{summary['best_weights']} weights), last {100 * summary['last_val_acc']:.2f}%{ema_text}; "
+        f"{summary['wall_time_s']:.0f} s; outputs in {summary['run_dir']}"
+    )
+
+
+_PACKAGE_LOGGER = logging.getLogger("mobilevit_torch")  # train.log takes every module's records
+
+
+class _RunFileHandler(logging.FileHandler):
+    """The run directory's train.log; removed when train() returns."""
+
+
+def add_log_file(path: Path) -> None:
+    """Copy the package's log records of INFO and up into ``path`` (the run's ``train.log``)."""
+    handler = _RunFileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    if _PACKAGE_LOGGER.getEffectiveLevel() > logging.INFO:  # the run log records epochs even when nobody
+        _PACKAGE_LOGGER.setLevel(logging.INFO)  # configured logging (library use, tests)
+    _PACKAGE_LOGGER.addHandler(handler)
+
+
+def remove_log_files() -> None:
+    """Close and detach every log file :func:`add_log_file` opened."""
+    for handler in [h for h in _PACKAGE_LOGGER.handlers if isinstance(h, _RunFileHandler)]:
+        _PACKAGE_LOGGER.removeHandler(handler)
+        handler.close()
 
 
 def _summary_writer_class() -> Any:
