@@ -2,7 +2,8 @@
 
 Hydra stops here: the composed config becomes plain arguments to ``export_model``. The file goes to
 ``output=PATH``, or by default into Hydra's run directory (``outputs/export/<date>_<time>/``), with
-``<file>.json`` and ``<file>.labels.txt`` beside it. User mistakes end with one ``error:`` line and exit
+``<file>.json`` and ``<file>.labels.txt`` beside it, and nothing else: Hydra's ``.hydra/`` record is off,
+and the run directory is removed again when the file went elsewhere. User mistakes end with one ``error:`` line and exit
 status 2 (an unknown key too, before Hydra starts); a failed conversion or parity check with status 1.
 """
 
@@ -17,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mobilevit_torch.cli import check_overrides
+from mobilevit_torch.cli import check_overrides, drop_unused_run_dir, fail
 
 CONF = Path(__file__).resolve().parent / "conf"
 CONFIG = CONF / "export.yaml"
@@ -41,12 +42,6 @@ def config_keys() -> list[str]:
     return walk(config, "")
 
 
-def fail(message: str, code: int) -> None:
-    logging.shutdown()
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     # Our progress at INFO; the converters' own chatter (onnxscript's optimiser, ...) only when it warns.
@@ -58,12 +53,13 @@ def main(cfg: DictConfig) -> None:
     assert isinstance(config, dict)
     data = config.pop("data") or {}
     model = config.pop("model")  # model=xxs composes conf/model/xxs.yaml; only its registry name matters here
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = export_model(
             **config,
             model=model["name"] if isinstance(model, dict) else model,
             data_root=data.get("root") if isinstance(data, dict) else data,
-            output_dir=HydraConfig.get().runtime.output_dir,
+            output_dir=run_dir,
         )
     except ExportError as error:
         fail(" ".join(str(error).split()), 2)
@@ -71,9 +67,12 @@ def main(cfg: DictConfig) -> None:
         fail(" ".join(str(error).split()), 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    finally:
+        drop_unused_run_dir(run_dir)
     print(result.summary())
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], config_keys(), {"model": sorted(p.stem for p in (CONF / "model").glob("*.yaml"))})
+    models = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    sys.argv[1:] = check_overrides(sys.argv[1:], config_keys(), {"model": models})
     main()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from mobilevit_torch.cli import keep_freed_memory, one_line, positive_int
@@ -66,7 +67,7 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
     below it (sorted), and ``(path, reason)`` for those skipped. Named files are checked first, all of
     them, so a missing or unreadable one is an error before any folder is scanned or image classified."""
     from mobilevit_torch.data.datasets import find_unreadable
-    from mobilevit_torch.data.folder import DataError, Sample, list_image_files
+    from mobilevit_torch.data.folder import DataError, Sample, list_image_files, log_other_files
     from mobilevit_torch.data.images import BadImageError
 
     named = [path for path in paths if not path.is_dir()]
@@ -85,7 +86,9 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
         if not path.is_dir():
             images.append(path)
             continue
-        found = list_image_files(path)  # as evaluate.py and training list them: hidden entries skipped, links followed
+        others: Counter[str] = Counter()
+        found = list_image_files(path, others=others)  # as evaluate.py and training list them
+        log_other_files(others, path)
         if not found:
             raise DataError(f"{path} is a folder with no image files in it")
         readable, bad = find_unreadable([Sample(p, 0) for p in found])

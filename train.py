@@ -7,7 +7,6 @@ Hydra stops here: the composed config becomes a plain ``TrainConfig`` and ``trai
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mobilevit_torch.cli import check_overrides, keep_freed_memory, user_errors
+from mobilevit_torch.cli import check_overrides, drop_unused_run_dir, keep_freed_memory, user_errors
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -25,7 +24,7 @@ CONF = Path(__file__).resolve().parent / "conf"
 @user_errors
 def main(cfg: DictConfig) -> float | None:
     from mobilevit_torch.training.config import config_from_dict
-    from mobilevit_torch.training.loop import train
+    from mobilevit_torch.training.loop import holds_run, train
     from mobilevit_torch.training.resume import resume_settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
@@ -35,12 +34,36 @@ def main(cfg: DictConfig) -> float | None:
         config = config_from_dict(settings).validate().check_paths()
         if config.resume:  # the checkpoint's settings, and the command line's where it set them
             config = config_from_dict(resume_settings(settings, explicit_keys(cfg))).validate().check_paths()
+        elif not holds_run(output_dir):  # a folder that holds a run keeps its record (train() refuses it)
+            record_config(cfg, output_dir)
         logging.getLogger("mobilevit_torch").info("memory: %s", keep_freed_memory())  # before any large allocation
         summary = train(config, output_dir)
     finally:
-        if cfg.get("resume"):  # a resume continues in the checkpoint's folder: drop the one Hydra made for it
-            drop_if_only_hydra(output_dir)
+        # Hydra makes the folder before this runs: a refused run, or a resume (which continues in the
+        # checkpoint's folder), leaves it behind empty or holding only the record.
+        drop_unused_run_dir(output_dir)
     return summary.get("best_val_acc")
+
+
+def record_config(cfg: DictConfig, folder: Path) -> None:
+    """Write Hydra's record of this run (``.hydra/config.yaml``, ``overrides.yaml``, ``hydra.yaml``) into ``folder``.
+
+    conf/train.yaml turns Hydra's own writing of it off (``hydra.output_subdir: null``): Hydra writes it
+    before train.py runs, over the record of a run already in the folder, and leaves it behind when the
+    command is refused. Written here, it is written once the run is accepted, and never over another run's.
+    """
+    from mobilevit_torch.files import atomic_write
+
+    hydra_config = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    record = folder / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_config),
+        ("overrides.yaml", HydraConfig.get().overrides.task),
+    ):
+        with atomic_write(record / name, encoding="utf-8") as file:
+            file.write(OmegaConf.to_yaml(node))
 
 
 def explicit_keys(cfg: DictConfig) -> set[str]:
@@ -69,15 +92,9 @@ def explicit_keys(cfg: DictConfig) -> set[str]:
 _ABSENT: Any = object()
 
 
-def drop_if_only_hydra(folder: Path) -> None:
-    """Remove ``folder`` if it holds nothing but Hydra's ``.hydra/`` record."""
-    if folder.is_dir() and [path.name for path in folder.iterdir()] == [".hydra"]:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 if __name__ == "__main__":
     from mobilevit_torch.training.config import config_keys
 
     groups = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model", "data", "recipe")}
-    check_overrides(sys.argv[1:], config_keys(), groups)
+    sys.argv[1:] = check_overrides(sys.argv[1:], config_keys(), groups)
     main()

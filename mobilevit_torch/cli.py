@@ -8,9 +8,13 @@ import difflib
 import functools
 import logging
 import os
+import re
+import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,15 +42,15 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as err:
-            _fail(str(err), 128 + int(err.signum))
+            fail(str(err), 128 + int(err.signum))
         except (TrainingDiverged, CheckpointWriteError) as err:
-            _fail(str(err), 1)
+            fail(str(err), 1)
         except (ConfigError, CheckpointError, DataError, WeightsError, UnknownModelError, FileNotFoundError) as err:
-            _fail(str(err), 2)
+            fail(str(err), 2)
         except OmegaConfBaseException as err:
-            _fail(str(err).splitlines()[0], 2)
+            fail(str(err).splitlines()[0], 2)
         except KeyboardInterrupt:
-            _fail("interrupted", 128 + signal.SIGINT)
+            fail("interrupted", 128 + signal.SIGINT)
 
     return wrapper  # type: ignore[return-value]
 
@@ -91,10 +95,13 @@ def keep_freed_memory() -> str:
     return "malloc left alone (mallopt refused)"
 
 
-def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str]]) -> None:
+def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str]]) -> list[str]:
     """Refuse an unknown ``key=value`` (or config group option) before Hydra starts, with one line
     naming it and the closest key; Hydra's own answer is a paragraph. ``keys``: every settable dotted
-    key; ``groups``: each config group's options (``model``: ``s``, ``xs``, ``xxs``)."""
+    key; ``groups``: each config group's options (``model``: ``s``, ``xs``, ``xxs``).
+
+    Returns the arguments to hand to Hydra: ``argv`` with each value Hydra's override grammar cannot
+    read quoted for it (see :func:`quote_for_hydra`)."""
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue  # Hydra's flags (--cfg job, -m, --help) and their values
@@ -107,17 +114,89 @@ def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str
             if choice not in (*options, "null"):
                 close = difflib.get_close_matches(choice, options, n=1)
                 hint = f" (did you mean {key}={close[0]}?)" if close else ""
-                _fail(f"unknown {key} {choice!r}{hint}: choose {key}={'|'.join(options)}", 2)
+                fail(f"unknown {key} {choice!r}{hint}: choose {key}={'|'.join(options)}", 2)
         if key in keys or key in groups:
             continue
         # recipe.lr for lr, then the closest spelling (data.batch_size for data.batchsize)
         close = [k for k in keys if k.endswith("." + key)] or difflib.get_close_matches(key, keys, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"options: {', '.join(keys)}"
-        _fail(f"unknown option {key!r} ({hint})", 2)
+        fail(f"unknown option {key!r} ({hint})", 2)
+    return [quote_for_hydra(arg) for arg in argv]
 
 
-def _fail(message: str, code: int) -> None:
-    logging.shutdown()
+def quote_for_hydra(arg: str) -> str:
+    """``key=value`` as Hydra can read it: quoted when Hydra cannot read the value as written.
+
+    Hydra's grammar takes an unquoted value as ASCII letters, digits and a few punctuation marks, so a
+    path such as ``checkpoint=runs/été (1)/best.pt`` (or ``~/runs/best.pt``, or one holding ``=`` or
+    ``#``) is a parse error there. Such a value is text whatever it holds, so it is handed on quoted
+    and reaches the program as typed. A value that looks like a broken list, dict or quoted string
+    (``[160,192``) is not guessed at: it is refused in one line that shows the quoted form.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    if arg.startswith("-") or "=" not in arg:
+        return arg
+    parser = OverridesParser.create()
+    try:
+        parser.parse_overrides([arg])
+        return arg
+    except OverrideParseException as error:
+        reason = str(error).splitlines()[0]
+    key, value = arg.split("=", 1)
+    quoted = f"{key}={_hydra_quoted(value)}"
+    if not value.startswith(("[", "{", "'", '"')):
+        try:
+            parser.parse_overrides([quoted])
+            return quoted
+        except OverrideParseException:
+            pass
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]  # quoted already, but not as Hydra reads quotes: show how
+    if "'" in value:
+        in_bash = shlex.quote(f"{key}={_hydra_quoted(value)}")
+    else:  # the usual form: Hydra's double quotes inside the shell's single quotes
+        in_hydra = _hydra_quoted(value, quote='"')
+        in_bash = f"{key}='{in_hydra}'"
+    fail(f"Hydra cannot read {arg} ({reason}); if the value is text, quote it: {in_bash}", 2)
+    return arg  # not reached: fail exits
+
+
+def _hydra_quoted(value: str, quote: str | None = None) -> str:
+    """``value`` as a quoted string of Hydra's grammar: the quote character escaped inside it, and
+    backslashes doubled where they precede a quote (only there are they special)."""
+    if quote is None:
+        quote = '"' if "'" in value and '"' not in value else "'"
+    body = re.sub(r"(\\*)(" + re.escape(quote) + "|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
+    return quote + body + quote
+
+
+def drop_unused_run_dir(folder: Path) -> None:
+    """Remove Hydra's run folder when the command left nothing in it but a ``.hydra/`` record, and the
+    folders above it that are then empty, up to the working directory (Hydra makes them all before the
+    entry point runs: a refused command, or one whose files went elsewhere, leaves no trace)."""
+    cwd = Path.cwd().resolve()
+    folder = folder.resolve()
+    while folder != cwd and folder.is_dir() and {path.name for path in folder.iterdir()} <= {".hydra"}:
+        try:
+            shutil.rmtree(folder)
+        except OSError:
+            return
+        if cwd not in folder.parents:  # outside the working directory: only the run folder itself
+            return
+        folder = folder.parent
+
+
+def fail(message: str, code: int) -> None:
+    """Print ``error: message`` after whatever was logged so far, and exit with ``code``.
+
+    The log handlers are flushed, not shut down: closing them here would close streams that are not
+    ours to close (absl's handler, which TensorFlow installs, closes a stream that is not the current
+    ``sys.stderr``, e.g. one that pytest captured), and ``sys.exit`` shuts logging down anyway."""
+    for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values()):
+        for handler in getattr(logger, "handlers", ()):  # placeholders in loggerDict have none
+            handler.flush()
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 

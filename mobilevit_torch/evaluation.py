@@ -10,18 +10,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
-from mobilevit_torch.data.images import BadImageError, load_rgb
+from mobilevit_torch.data.images import BadImageError, load_rgb, pil_to_rgb
 from mobilevit_torch.data.transforms import eval_transform
 from mobilevit_torch.models.fuse import fuse_for_inference, is_fused
 from mobilevit_torch.registry import UnknownModelError, create_model
@@ -146,6 +148,10 @@ def evaluate_folder(
     cannot be decoded is skipped with one warning and listed in ``EvalResult.skipped``.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise EvaluationError(f"num_workers must be at least 0, got {num_workers}")
     class_names = _class_names(model, required=True)
     num_classes = len(class_names)
     root = Path(root).expanduser()
@@ -206,7 +212,7 @@ def evaluate_folder(
 
 def predict_images(
     model: nn.Module,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | os.PathLike[str] | Image.Image] | str | os.PathLike[str] | Image.Image,
     *,
     topk: int = 5,
     device: str | torch.device = "cpu",
@@ -214,16 +220,28 @@ def predict_images(
 ) -> list[list[tuple[str, float]]]:
     """The ``topk`` most probable classes of each image, as ``(class name, probability)`` pairs.
 
-    Results line up with ``paths``, so an unreadable image is an error naming it
-    (:class:`~mobilevit_torch.data.images.BadImageError`), not a skip that would shift every later
-    answer. All paths are checked for existence before any work. ``topk`` is capped at the number
-    of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
+    ``paths`` holds image files (``str`` or ``os.PathLike``) and/or PIL images, in any mix; a PIL
+    image is read as its file would be (EXIF orientation applied, converted to RGB) and is not
+    changed; anything else is a ``TypeError`` naming it. Results line up with ``paths``, so an
+    unreadable image is an error naming it (:class:`~mobilevit_torch.data.images.BadImageError`), not
+    a skip that would shift every later answer. All paths are checked for existence before any work;
+    a folder is an error too (list its images with :func:`~mobilevit_torch.data.folder.list_image_files`,
+    as ``predict.py`` does). One path or image on its own counts as ``[it]``. ``topk`` is capped at the
+    number of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
     if topk < 1:
         raise EvaluationError(f"topk must be at least 1, got {topk}")
-    paths = [Path(p).expanduser() for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
+    items = _image_items(paths)
+    files = [p for p in items if isinstance(p, Path)]
+    folders = [p for p in files if p.is_dir()]
+    if folders:
+        raise BadImageError(
+            folders[0], "is a folder, not an image file; pass the images in it (list_image_files(folder) lists them)"
+        )
+    missing = [str(p) for p in files if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise BadImageError(missing[0], f"no such file{more}")
@@ -233,14 +251,43 @@ def predict_images(
 
     results: list[list[tuple[str, float]]] = []
     with inference_model(model, device) as runner, torch.inference_mode():
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            images = torch.stack([transform(load_rgb(path)) for path in chunk]).to(device)
+        for start in range(0, len(items), batch_size):
+            chunk = range(start, min(start + batch_size, len(items)))
+            images = torch.stack([transform(_read_rgb(items[i], i)) for i in chunk]).to(device)
             probs = runner(images).float().softmax(dim=1)  # [B, C]
             top = probs.topk(min(topk, probs.shape[1]), dim=1)
             for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                 results.append([(names[i] if names else str(i), p) for i, p in zip(indices, values, strict=True)])
     return results
+
+
+def _image_items(images: Any) -> list[Path | Image.Image]:
+    """``predict_images``' input as a list of expanded paths and PIL images; any other item is a TypeError."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):  # a string would otherwise be one "path" per character
+        images = [images]
+    accepted = "image files (str or os.PathLike) or PIL images"
+    not_a_list = f"predict_images() takes {accepted}, one or a list; got {_type_name(images)}"
+    if isinstance(images, (Tensor, bytes, bytearray)) or hasattr(images, "__array__"):  # iterable, but not by image
+        raise TypeError(not_a_list)
+    try:
+        items = list(images)
+    except TypeError:
+        raise TypeError(not_a_list) from None
+    for index, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, Image.Image)):
+            raise TypeError(f"predict_images() takes {accepted}; item {index} is {_type_name(item)}")
+    return [item if isinstance(item, Image.Image) else Path(item).expanduser() for item in items]
+
+
+def _read_rgb(item: Path | Image.Image, index: int) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return pil_to_rgb(item, name=f"<PIL image, item {index}>")
+    return load_rgb(item)
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 @contextlib.contextmanager

@@ -125,6 +125,28 @@ def test_graphed_forward_matches_eager_for_each_shape() -> None:
     assert len(graphed._graphs) == 2
 
 
+def test_random_branches_draw_anew_on_every_replay() -> None:
+    """Stochastic depth and dropout draw their masks on the GPU, so a replayed graph draws new ones
+    (a mask drawn on the host would be frozen into the graph at capture)."""
+    model = create_model("mobilevit_xxs", num_classes=5, drop_path_rate=0.5, dropout=0.0, drop_rate=0.0).cuda()
+    x = torch.randn(8, 3, 64, 64, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        model(x)  # warm-up outside the capture, as CUDA graphs want
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = model(x)
+    replays = []
+    for _ in range(3):
+        graph.replay()
+        replays.append(out.clone())
+    assert not torch.equal(replays[0], replays[1]) and not torch.equal(replays[1], replays[2])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))  # no draws in eval
+
+
 def test_train_with_and_without_graphs_agree(tmp_path: Path) -> None:
     """train() end to end (cache, mixup, EMA, checkpoints) with and without graphs: the same curves."""
     folder = make_folder(tmp_path / "photos", per_class=16)

@@ -38,7 +38,9 @@ def test_scan_follows_image_folder_semantics(tmp_path: Path, caplog: pytest.LogC
     image(root / "cats" / ".hidden.jpg")
     image(root / "cats" / ".thumbnails" / "t.jpg")
     (root / "cats" / "notes.txt").write_text("not an image")
+    (root / "cats" / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")  # a type Pillow does not read
     image(root / "dogs" / "d.bmp")
+    image(root / "dogs" / "e.jfif")
     image(root / ".cache" / "x.jpg")  # hidden folder: not a class
     (root / "empty").mkdir()
     (root / "only_text").mkdir()
@@ -53,10 +55,12 @@ def test_scan_follows_image_folder_semantics(tmp_path: Path, caplog: pytest.LogC
         ("cats/b.jpg", 0),
         ("cats/nested/deeper/c.jpeg", 0),
         ("dogs/d.bmp", 1),
+        ("dogs/e.jfif", 1),
     ]
     assert all(Path(s.path).is_absolute() for s in samples)
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "empty" in warned and "only_text" in warned
+    assert f"skipped 3 file(s) in {root} that are not of an image type read here (1 .heic, 1 .md, 1 .txt)" in warned
 
 
 def test_scan_errors_name_the_path(tmp_path: Path) -> None:

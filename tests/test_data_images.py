@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,17 @@ def noise_jpeg(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
 
 
 def test_extensions_are_lowercase_with_dot() -> None:
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
+    expected = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    assert set(IMAGE_EXTENSIONS) - {".avif"} == expected  # .avif where this Pillow decodes it
+    assert ".heic" not in IMAGE_EXTENSIONS  # Pillow needs a plugin (pillow-heif) for it
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_EXTENSIONS))
+def test_every_listed_type_decodes(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"a{suffix}"
+    Image.new("RGB", (8, 6), RED).save(path)  # Pillow picks the format from the extension
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == (8, 6)
 
 
 def test_rgb_jpeg_is_loaded_and_detached(tmp_path: Path) -> None:
@@ -142,3 +153,25 @@ def test_bad_files_raise_bad_image_error(tmp_path: Path) -> None:
             assert info.value.path == str(tmp_path / name)
             assert str(tmp_path / name) in str(info.value)
             assert isinstance(info.value, ValueError)
+
+
+def test_a_very_large_image_is_one_line_of_ours_then_refused_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that: lowered here instead of a 90 MP file."""
+    path = noise_jpeg(tmp_path / "panorama.jpg", size=(40, 30))  # 1,200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would raise here
+        assert load_rgb(path).size == (40, 30)
+        assert load_rgb(path).size == (40, 30)
+    assert [record.getMessage() for record in caplog.records] == [  # once per file
+        f"{path}: a very large image (40 x 30 = 1,200 pixels, more than Pillow's decompression-bomb warning size "
+        "of 1,000); decoding it anyway"
+    ]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(BadImageError) as error:
+        load_rgb(path)
+    assert error.value.reason == (
+        "refused: more than 1,000 pixels, Pillow's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS)"
+    )

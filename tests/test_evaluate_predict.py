@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -228,6 +229,76 @@ def test_predict_images_ranks_classes_by_probability(setup: dict, tmp_path: Path
         predict_images(model, paths, topk=0)
 
 
+def test_predict_images_takes_one_path_and_refuses_folders_and_bad_batch_sizes(setup: dict) -> None:
+    model = setup["model"]
+    path = sorted(setup["folder"].rglob("*.*"))[0]
+    expected = predict_images(model, [path], topk=2)
+    assert predict_images(model, path, topk=2) == expected  # not one "path" per character
+    assert predict_images(model, str(path), topk=2) == expected
+    with pytest.raises(BadImageError, match="is a folder, not an image file; pass the images in it"):
+        predict_images(model, [path, setup["folder"]])
+    with pytest.raises(EvaluationError, match="batch_size must be at least 1, got 0"):
+        predict_images(model, [path], batch_size=0)
+    with pytest.raises(EvaluationError, match="batch_size must be at least 1, got 0"):
+        evaluate_folder(model, setup["folder"], batch_size=0, progress=False)
+    with pytest.raises(EvaluationError, match="num_workers must be at least 0, got -1"):
+        evaluate_folder(model, setup["folder"], num_workers=-1, progress=False)
+
+
+def test_predict_images_takes_pil_images_as_their_files(setup: dict, tmp_path: Path) -> None:
+    """A PIL image gets the prediction of the same image saved to disk, in any mix with paths."""
+    model = setup["model"]
+    jpeg = sorted(setup["folder"].rglob("*.jpg"))[0]
+    g = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(50, 70, 3, generator=g) * 255).to(torch.uint8).numpy()
+    in_memory = Image.fromarray(pixels)
+    in_memory.save(tmp_path / "saved.png")  # lossless: the same pixels on disk
+    gray = in_memory.convert("L")
+    gray.save(tmp_path / "gray.png")
+    # A photo taken sideways: pixels stored 70 wide, EXIF says rotate 90 degrees to view (orientation 6).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    in_memory.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+
+    files = [tmp_path / "saved.png", jpeg, tmp_path / "gray.png", tmp_path / "sideways.jpg"]
+    expected = predict_images(model, files, topk=3, batch_size=3)  # batches of 3 and 1, as below
+    with Image.open(jpeg) as opened, Image.open(tmp_path / "sideways.jpg") as sideways:  # lazily loaded files
+        images = [in_memory, opened, gray, sideways]
+        assert predict_images(model, images, topk=3, batch_size=3) == expected
+        mixed = [in_memory, str(jpeg), gray, tmp_path / "sideways.jpg"]
+        assert predict_images(model, mixed, topk=3, batch_size=3) == expected
+        assert sideways.size == (70, 50)  # the caller's image is not turned
+    # One image on its own (compared at the same batch size: batch size changes float rounding).
+    assert predict_images(model, in_memory, topk=3) == predict_images(model, tmp_path / "saved.png", topk=3)
+    assert (in_memory.mode, gray.mode) == ("RGB", "L")
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ([Path("a.jpg"), 42], r"item 1 is int"),
+        ([torch.rand(3, 64, 64)], r"item 0 is torch.Tensor"),
+        (torch.rand(3, 64, 64), r"one or a list; got torch.Tensor"),
+        (numpy.zeros((64, 64, 3), numpy.uint8), r"one or a list; got numpy.ndarray"),
+        (b"a.jpg", r"one or a list; got bytes"),
+        (None, r"one or a list; got NoneType"),
+    ],
+)
+def test_predict_images_names_what_it_cannot_take(setup: dict, images: object, message: str) -> None:
+    with pytest.raises(TypeError, match=r"predict_images\(\) takes image files \(str or os.PathLike\) or PIL images"):
+        predict_images(setup["model"], images)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=message):
+        predict_images(setup["model"], images)  # type: ignore[arg-type]
+
+
+def test_a_truncated_pil_image_is_a_bad_image_naming_its_place(setup: dict, tmp_path: Path) -> None:
+    path = sorted(setup["folder"].rglob("*.jpg"))[0]
+    data = path.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # a whole header, half the pixels
+    with Image.open(tmp_path / "cut.jpg") as cut, pytest.raises(BadImageError, match=r"<PIL image, item 1>: corrupt"):
+        predict_images(setup["model"], [path, cut])
+
+
 def test_inference_runs_a_fused_copy_and_leaves_the_model_as_it_was(
     setup: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,6 +347,22 @@ def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "predict.py"])
+def test_help_answers_without_importing_torch(script: str) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {script}") and done.stdout.splitlines()[-1] == "torch imported: False"
 
 
 def test_evaluate_cli_prints_report_and_writes_files(setup: dict) -> None:
@@ -421,7 +508,7 @@ def test_predict_cli_prints_class_names(setup: dict) -> None:
 
 
 def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
-    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)
@@ -438,6 +525,7 @@ def test_predict_cli_classifies_every_image_in_a_folder_and_counts_skips(
     expected = [named, *sorted(copies)]  # named first, then the folder's images in path order, broken.jpg skipped
     assert [Path(line) for line in captured.out.splitlines() if not line.startswith(" ")] == expected
     assert "skipped 1 unreadable image file(s)" in captured.err
+    assert f"skipped 1 file(s) in {folder} that are not of an image type read here (1 .txt)" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
     assert predict.main([str(setup["checkpoint"]), str(empty), "--device", "cpu"]) == 2

@@ -5,6 +5,7 @@ The TFLite conversions (slow: onnx2tf) are in test_export_tflite.py.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,8 +20,10 @@ import torch
 from PIL import Image
 
 from mobilevit_torch import create_model, list_models
-from mobilevit_torch.export import ExportError, ParityError, export_model, open_runner
+from mobilevit_torch.export import ConversionError, ExportError, ParityError, export_model, open_runner
 from mobilevit_torch.export import exporter as exporter_module
+from mobilevit_torch.export import formats as formats_module
+from mobilevit_torch.export import to_tflite as to_tflite_module
 from mobilevit_torch.export.images import balanced, pick_images
 from mobilevit_torch.export.parity import compare
 from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
@@ -182,6 +185,83 @@ def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, mon
     monkeypatch.setattr(exporter_module, "pytorch_logits", lambda model, images: real(model, images) + 1e-3)
     with pytest.raises(ParityError, match=r"max \|Δ\| 1\.00e-03 \(≤ 1e-04 FAILED\)"):
         export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=tmp_path / "m.onnx")
+
+
+def _disk_full(model: object, path: Path, **kwargs: object) -> Path:
+    """An ONNX writer that runs out of space half-way through the file."""
+    path.write_bytes(b"\x08\x09 half an onnx file")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["the model file", "a sidecar"])
+def test_a_write_that_fails_leaves_no_file(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    out = tmp_path / "m.onnx"
+    if failing == "the model file":
+        monkeypatch.setattr(formats_module, "export_onnx", _disk_full)
+        message = rf"could not write the export in {re.escape(str(tmp_path))} \(No space left on device\); removed"
+    else:
+
+        def denied(*args: object, **kwargs: object) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", str(out) + ".json")
+
+        monkeypatch.setattr(exporter_module, "write_sidecar", denied)
+        message = rf"could not write {re.escape(str(out))}\.json \(Permission denied\); removed the partial m\.onnx$"
+    with pytest.raises(ConversionError, match=message):
+        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_leaves_the_earlier_one_in_place(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "m.onnx"
+    export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out)
+    earlier = {file.name: file.read_bytes() for file in tmp_path.iterdir()}
+    assert sorted(earlier) == ["m.onnx", "m.onnx.json", "m.onnx.labels.txt"]
+
+    monkeypatch.setattr(formats_module, "export_onnx", _disk_full)
+    with pytest.raises(ConversionError, match=r"removed the partial m\.onnx; the earlier m\.onnx, m\.onnx\.json, "):
+        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out)
+    assert {file.name: file.read_bytes() for file in tmp_path.iterdir()} == earlier  # nothing else left either
+
+    monkeypatch.undo()  # a good export replaces the earlier one and leaves nothing set aside
+    export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out, seed=1)
+    assert sorted(file.name for file in tmp_path.iterdir()) == sorted(earlier)
+    assert (tmp_path / "m.onnx.json").read_bytes() != earlier["m.onnx.json"]
+
+
+def test_cli_write_failure_is_one_line(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    code = (
+        "import runpy, sys, tests.test_export as t\n"
+        "from mobilevit_torch.export import formats\n"
+        "formats.export_onnx = t._disk_full\n"
+        f"sys.argv = ['export.py', 'format=onnx', 'checkpoint={assets['mobilevit_xxs']}', 'output={out}',"
+        f" 'check_images=1', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "runpy.run_path('export.py', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: could not write the export in {tmp_path} (No space left on device); removed the partial m.onnx"
+    )
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_conversion_log_that_cannot_be_kept_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "convert.log"
+    log.write_text("onnx2tf said a great deal")
+
+    def full(source: Path, target: Path) -> None:
+        Path(target).write_text("onnx2tf")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(to_tflite_module.shutil, "copyfile", full)
+    said = to_tflite_module._keep_log(log, {"fp32": tmp_path / "m.tflite"})
+    assert said == f"not kept (copying it to {tmp_path} failed: No space left on device)"
+    assert not (tmp_path / "m.tflite.convert.log").exists()
 
 
 # -- bad requests: refused before any work, with one line -----------------------------------------
@@ -377,6 +457,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
 def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     done = _cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "run").exists(), "a refused export leaves no run folder behind"
     assert done.stderr.strip().startswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -389,6 +470,42 @@ def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:
     assert done.stdout.startswith(f"exported onnx fp32 -> {out} (")
     assert "top-1 agreement 100.0% on 2 real images" in done.stdout
     assert out.is_file() and (out.parent / "m.onnx.labels.txt").is_file() and (out.parent / "m.onnx.json").is_file()
+    assert not (tmp_path / "run").exists(), "Hydra's run folder is removed when output= puts the file elsewhere"
+
+
+def test_cli_paths_hydra_cannot_parse(assets: dict[str, Path], tmp_path: Path) -> None:
+    """Non-ASCII letters, spaces and parentheses in paths: quoted for Hydra, so the files are found and written."""
+    checkpoint = tmp_path / "runs" / "été (1)" / "best.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(assets["mobilevit_xxs"].read_bytes())
+    out = tmp_path / "モデル (2)" / "m.onnx"
+    done = _cli("format=onnx", f"checkpoint={checkpoint}", f"output={out}", "check_images=1",
+                f"hydra.run.dir={tmp_path / 'run é'}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exported onnx fp32 -> {out} (") and out.is_file()
+
+
+def test_cli_writes_only_the_export(assets: dict[str, Path], tmp_path: Path) -> None:
+    """Run from a fresh folder with the default run directory: a failed export leaves nothing behind (no
+    outputs/export/<time>/.hydra), a successful one the file and its two sidecars only."""
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(REPO / "export.py"), "format=onnx", "check_images=1", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    failed = export("checkpoint=no_such.pt")
+    assert failed.returncode == 2 and "checkpoint not found" in failed.stderr, failed.stderr
+    assert list(tmp_path.iterdir()) == []
+    done = export(f"checkpoint={assets['mobilevit_xxs']}")
+    assert done.returncode == 0, done.stderr
+    written = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if not path.is_dir())
+    assert [path.name for path in written] == [
+        "mobilevit_xxs_fp32.onnx",
+        "mobilevit_xxs_fp32.onnx.json",
+        "mobilevit_xxs_fp32.onnx.labels.txt",
+    ]
+    assert written[0].parts[:2] == ("outputs", "export") and len(written[0].parts) == 4
+    assert not list(tmp_path.rglob(".hydra"))
 
 
 def test_config_keys_cover_the_issue() -> None:

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,21 @@ def test_plot_confusion_matrix_scales_with_classes(tmp_path: Path) -> None:
         plot_confusion_matrix(small, ["a", "b", "c", "d"], tmp_path / "bad.png")
 
 
+def test_class_names_the_fonts_cannot_draw_are_shown_by_index_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DejaVu Sans (matplotlib's default, always there) has no CJK or emoji: no warning per missing glyph."""
+    import matplotlib
+
+    names = ["玫瑰", "daisy", "🌷 tulip", "Émile"]
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}), warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" would fail here
+        _assert_png(plot_confusion_matrix(torch.eye(4, dtype=torch.long), names, tmp_path / "cm.png"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "cm.png: the installed fonts lack characters of 2 class name(s), shown by index: #0 玫瑰, #2 🌷 tulip"
+    ]
+
+
 def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
@@ -202,7 +218,13 @@ def test_tensorboard_logging_does_not_import_tensorflow(tmp_path: Path) -> None:
     assert _scalars(run, "val_acc") == [(1, 0.5)]
 
 
-def test_run_logger_resume_appends_and_replaces_redone_epochs(tmp_path: Path) -> None:
+def test_run_logger_resume_appends_and_replaces_redone_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # TensorBoard reads a folder's event files in name order: <second>.<host>.<pid>.<process-wide counter>.
+    # The three loggers below write within one second of one process, so their files must sort by the
+    # counter, which as text misorders 9 and 10 (earlier tests move it): start it where it has 7 digits.
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(1_000_000))
     run = tmp_path / "run"
     with RunLogger(run) as log:
         for epoch in range(3):

@@ -17,7 +17,8 @@ from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
-from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, check_batch_size, train
+from mobilevit_torch.training.data_setup import check_batch_size
+from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, train
 from mobilevit_torch.training.pipeline import CachedTrainBatches
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
@@ -100,6 +101,22 @@ def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: b
         assert torch.equal(value, resumed["ema"]["module"][key]), key
     history = [r["epoch"] for r in resumed["history"]]
     assert history == [1, 2, 3]
+
+
+def test_drop_path_rate_reaches_the_model_and_resumes_exactly(folder: Path, tmp_path: Path) -> None:
+    """model.drop_path_rate is passed to create_model (and stored for rebuilding); its per-sample draws
+    replay on resume like dropout's."""
+    options = {"epochs": 2, "plots": False, "tensorboard": False, "max_steps_per_epoch": 2, "model.drop_path_rate": 0.2}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "full")
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "part")
+    train(tiny_config(tmp_path, folder, resume=str(tmp_path / "part" / "last.pt"), **options), tmp_path / "ignored")
+
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert full["model_args"]["drop_path_rate"] == 0.2
+    assert create_model("mobilevit_xxs", pretrained=tmp_path / "full" / "best.pt").model_args["drop_path_rate"] == 0.2
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
 
 
 def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
@@ -255,9 +272,9 @@ def test_no_validation_images_is_refused_before_decoding(
 ) -> None:
     """One photo per class leaves nothing for validation: one line before any decoding (it used to "succeed" with
     val acc 0.0 % without the cache, and fail with "no samples to decode" after decoding with it)."""
-    from mobilevit_torch.training import loop
+    from mobilevit_torch.training import data_setup
 
-    monkeypatch.setattr(loop, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
+    monkeypatch.setattr(data_setup, "decode_images", lambda *a, **k: pytest.fail("decoded before refusing"))
     root = one_photo_per_class(tmp_path / "photos")
     with pytest.raises(DataError, match=r"no validation images: .*each class needs at least 2 photos .*provide val/"):
         train(tiny_config(tmp_path, root, **{"data.cache": cache}), tmp_path / "run")
@@ -296,7 +313,7 @@ def test_class_without_validation_images_is_null_in_summary(
 @pytest.mark.parametrize(("rate", "shown"), [(0.4321, "0.432"), (7.25, "7.25"), (23.46, "23.5"), (4412.3, "4412")])
 def test_epoch_line_shows_slow_rates(rate: float, shown: str) -> None:
     """A short CPU epoch trains well under one image per second: not "0 img/s"."""
-    from mobilevit_torch.training.loop import epoch_line
+    from mobilevit_torch.training.run_log import epoch_line
 
     record = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3}
     line = epoch_line({**record, "images_per_s": rate, "epoch_time_s": 3.0}, 2)

@@ -44,6 +44,7 @@ def test_every_config_composes(model: str, data: str, recipe: str) -> None:
 
     config = config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate()
     assert config.model.name == f"mobilevit_{model}"
+    assert config.model.drop_path_rate == 0.0  # stochastic depth is opt-in
     assert config.data.kind == data
     if recipe == "keras":  # the original example, as written
         assert (config.epochs, config.data.batch_size, config.recipe.optimizer, config.recipe.lr) == (
@@ -97,6 +98,8 @@ def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
         ("log_every=0", "log_every must be positive, got 0"),
         ("model.drop_rate=1.5", "model.drop_rate must be in [0, 1), got 1.5"),
         ("data.multiscale_sizes=[50,70]", "data.multiscale_sizes must be null"),
+        ("data.multiscale_sizes=[160,192", "quote it: data.multiscale_sizes='\"[160,192\"'"),
+        ("pretrained=runs/été (1)/best.pt", "pretrained: no such file"),  # quoted for Hydra, then checked
     ],
 )
 def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
@@ -107,12 +110,17 @@ def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_missing_data_root_is_named() -> None:
-    result = run_train("data=imagefolder", "data.root=/no/such/photos", timeout=60)
+def test_missing_data_root_is_named(tmp_path: Path) -> None:
+    result = run_train("data=imagefolder", "data.root=/no/such/photos", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode == 2 and "/no/such/photos" in result.stderr
     assert "Traceback" not in result.stderr
-    result = run_train("data=imagefolder", timeout=60)  # data.root is required for your own folder
+    assert not (tmp_path / "run").exists(), "a refused run leaves no folder (not even Hydra's .hydra/)"
+    fresh = tmp_path / "fresh"  # the default run directory (outputs/<model>/<time>) in an empty folder
+    fresh.mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "data=imagefolder"], cwd=fresh,
+                            capture_output=True, text=True, timeout=60, env=ENV)  # fmt: skip
     assert result.returncode == 2 and "data=imagefolder needs data.root=PATH" in result.stderr, result.stderr
+    assert list(fresh.iterdir()) == [], "nor the outputs/<model>/ folders Hydra made for it"
     result = run_train("data=imagefolder", "data.root=README.md", timeout=60)
     assert result.returncode == 2 and "README.md is a file, not a folder" in result.stderr, result.stderr
 
@@ -246,16 +254,15 @@ def test_resume_continues_with_the_checkpoints_settings(stopped_run: Path, tmp_p
     assert not (tmp_path / "hydra").exists(), "the folder Hydra made for the resume is removed"
 
     files = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
-    again = run_train(f"resume={run / 'last.pt'}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert "- stop_after=1" in (run / ".hydra" / "overrides.yaml").read_text(), "the first command's record"
+    again = run_train(f"resume={run / 'last.pt'}", f"hydra.run.dir={run}")  # Hydra pointed at the run itself
     assert again.returncode == 0 and "already finished 3 epochs" in again.stderr, again.stderr[-2000:]
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
 
     overrides = as_overrides(config_from_dict(config))
     fresh = run_train(*[o for o in overrides if not o.startswith("resume=")], f"hydra.run.dir={run}", timeout=60)
     assert fresh.returncode == 2 and f"run directory {run} already holds a run" in fresh.stderr, fresh.stderr
-    hydra_record = run / ".hydra"  # Hydra itself rewrites it before train.py runs
-    kept = {path: data for path, data in files.items() if hydra_record not in path.parents}
-    assert {path: path.read_bytes() for path in kept} == kept
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files, "the record included"
 
 
 @pytest.mark.parametrize(

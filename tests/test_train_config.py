@@ -18,6 +18,9 @@ from tests.train_helpers import tiny_config
         ("model.drop_rate", 1.5, r"model.drop_rate must be in \[0, 1\), got 1.5"),
         ("model.dropout", -0.1, r"model.dropout must be in \[0, 1\), got -0.1"),
         ("model.dropout", 1.0, r"model.dropout must be in \[0, 1\), got 1.0"),
+        ("model.drop_path_rate", 1.0, r"model.drop_path_rate must be in \[0, 1\), got 1.0"),
+        ("model.drop_path_rate", -0.1, r"model.drop_path_rate must be in \[0, 1\), got -0.1"),
+        ("model.drop_path_rate", "0.1", "model.drop_path_rate must be a number, got '0.1'"),
         ("recipe.mixup", -1, "recipe.mixup must be >= 0, got -1"),
         ("recipe.cutmix", -0.5, "recipe.cutmix must be >= 0, got -0.5"),
         ("recipe.label_smoothing", 2, r"recipe.label_smoothing must be in \[0, 1\), got 2"),
@@ -50,6 +53,7 @@ def test_edges_of_the_ranges_are_accepted(tmp_path: Path) -> None:
     edges = {
         "model.drop_rate": 0.0,
         "model.dropout": 0.0,
+        "model.drop_path_rate": 0.0,
         "recipe.hflip": 1.0,
         "recipe.mixup": 0.0,
         "recipe.clip_grad": 0.0,

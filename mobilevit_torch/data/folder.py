@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ def scan_image_folder(root: Path, class_names: list[str] | None = None) -> tuple
                 f"{root / unknown[0]} is a class folder that is not among the training classes "
                 f"({', '.join(class_names)})"
             )
-    files = {name: list_image_files(root / name) for name in folders}
+    others: Counter[str] = Counter()
+    files = {name: list_image_files(root / name, others=others) for name in folders}
+    log_other_files(others, root)
 
     if class_names is None:
         empty = [name for name in folders if not files[name]]
@@ -243,12 +246,13 @@ def _num_val(n: int, val_fraction: float) -> int:
     return min(max(1, round(n * val_fraction)), n - 1)
 
 
-def list_image_files(class_dir: Path) -> list[str]:
+def list_image_files(class_dir: Path, *, others: Counter[str] | None = None) -> list[str]:
     """Image files under ``class_dir`` (recursively, following links once), hidden entries skipped, sorted.
 
     The one image listing: class folders here, folders given to ``predict.py`` too. Hidden files and
     folders (``._x.jpg``, ``.ipynb_checkpoints/``) are skipped; symlinked folders are followed, each real
-    folder once (a link loop or a folder linked twice is not listed again)."""
+    folder once (a link loop or a folder linked twice is not listed again). ``others`` counts the files
+    passed over for their type, by extension (see :func:`log_other_files`)."""
     found: list[str] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
@@ -258,8 +262,29 @@ def list_image_files(class_dir: Path) -> list[str]:
             continue
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if is_image_file(name):
+                found.append(os.path.join(dirpath, name))
+            elif others is not None:
+                others[Path(name).suffix.lower() or "no extension"] += 1
     return sorted(found, key=lambda p: Path(p).relative_to(class_dir).as_posix())
+
+
+def log_other_files(others: Counter[str], root: str | Path) -> None:
+    """One warning for the files under ``root`` skipped for their type (``others``: extension -> count),
+    so photos in a format not read here (``.heic``) do not vanish without a word."""
+    if not others:
+        return
+    kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(others.items(), key=lambda kv: (-kv[1], kv[0])))
+    logger.warning(
+        "skipped %d file(s) in %s that are not of an image type read here (%s); read: %s",
+        sum(others.values()),
+        root,
+        kinds,
+        " ".join(sorted(IMAGE_EXTENSIONS)),
+    )
 
 
 def _no_images_message(root: Path, folders: list[str]) -> str:

@@ -8,13 +8,32 @@ broken (empty, truncated, not an image at all) surfaces as :class:`BadImageError
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+logger = logging.getLogger(__name__)
+
+
+def _reads_avif() -> bool:
+    """Pillow decodes AVIF from 11.3 on, when built with libavif (its wheels are)."""
+    try:
+        return features.check_module("avif")
+    except ValueError:  # an older Pillow: no AVIF module at all
+        return False
+
+
+# The file types listed as images: those this Pillow decodes (.jfif and .jpe are JPEG). HEIC needs a
+# plugin Pillow does not ship (pillow-heif), so such files are counted and skipped, not listed.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    | ({".avif"} if _reads_avif() else set())
+)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -49,7 +68,7 @@ def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> 
     if file_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
@@ -57,11 +76,54 @@ def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> 
             image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
         raise BadImageError(path, "not a recognised image format") from None
-    except Image.DecompressionBombError as error:
-        raise BadImageError(path, f"refused, too many pixels ({error})") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit_name = "2 x PIL.Image.MAX_IMAGE_PIXELS"
+        raise BadImageError(
+            path, f"refused: more than {limit:,} pixels, Pillow's decompression-bomb limit ({limit_name})"
+        ) from None
     except Exception as error:  # Pillow signals corrupt data with OSError, SyntaxError, struct.error, ...
         raise BadImageError(path, f"corrupt or truncated image data ({_short(error)})") from None
     return to_rgb(image, path=path)
+
+
+def pil_to_rgb(image: Image.Image, *, name: str = "<image>") -> Image.Image:
+    """An image already opened with PIL, normalised as :func:`load_rgb` normalises its file: loaded,
+    EXIF orientation applied, 8-bit RGB. ``name`` stands for the missing path in a :class:`BadImageError`."""
+    try:
+        image.load()  # Image.open is lazy: a truncated file fails here
+        # A copy, upright: the caller's image is left as it was (exif_transpose drops the orientation
+        # tag from what it returns, so an image made upright before is not turned again).
+        image = ImageOps.exif_transpose(image)
+    except Exception as error:
+        raise BadImageError(name, f"corrupt or truncated image data ({_short(error)})") from None
+    return to_rgb(image, path=name)
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    """``Image.open``, with Pillow's DecompressionBombWarning (a photo of more than ~89 megapixels, a
+    paragraph per process) replaced by one line of ours naming the file, once per file."""
+    with _OPEN_LOCK, warnings.catch_warnings():  # the warning filters are process-wide: one thread at a time
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit and str(path) not in _WARNED_LARGE:
+        _WARNED_LARGE.add(str(path))
+        logger.warning(
+            "%s: a very large image (%d x %d = %s pixels, more than Pillow's decompression-bomb warning size "
+            "of %s); decoding it anyway",
+            path,
+            width,
+            height,
+            f"{width * height:,}",
+            f"{limit:,}",
+        )
+    return image
+
+
+_OPEN_LOCK = threading.Lock()
+_WARNED_LARGE: set[str] = set()
 
 
 def to_rgb(image: Image.Image, *, path: str | os.PathLike[str] = "<image>") -> Image.Image:

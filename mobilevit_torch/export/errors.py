@@ -2,7 +2,8 @@
 
 Three kinds of failure, so a command line can answer each with one line and the right status:
 ``ExportError`` for a request that cannot be carried out as asked (a bad argument, a missing file or
-package: the user's to fix), ``ConversionError`` for a converter that failed on a valid request, and
+package: the user's to fix), ``ConversionError`` for a converter that failed on a valid request (or an
+output that could not be written: disk full, permission denied; no partial file is left), and
 ``ParityError`` for an exported file whose outputs do not match PyTorch's.
 """
 
@@ -39,7 +40,8 @@ class ExportError(ValueError):
 
 
 class ConversionError(RuntimeError):
-    """A converter (the ONNX exporter, onnx2tf, the TFLite converter) failed on a valid request."""
+    """A converter (the ONNX exporter, onnx2tf, the TFLite converter) failed on a valid request, or its
+    output could not be written."""
 
 
 class ParityError(RuntimeError):

@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from mobilevit_torch.data.folder import DataError
-from mobilevit_torch.export.errors import ExportError, ParityError, require_modules
+from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError, require_modules
 from mobilevit_torch.export.formats import ExportJob, check_precision, get_format
 from mobilevit_torch.export.images import load_images, pick_images, random_inputs, training_split
 from mobilevit_torch.export.parity import ParityReport, compare
 from mobilevit_torch.export.runtime import builtin_operators, open_runner
-from mobilevit_torch.export.sidecar import write_sidecar
+from mobilevit_torch.export.sidecar import labels_path, sidecar_path, write_sidecar
 from mobilevit_torch.export.source import checkpoint_data_root, load_model, resolve_source
 from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from mobilevit_torch.export.to_tflite import CALIBRATED
@@ -92,7 +92,9 @@ def export_model(
 
     Raises:
         ExportError: a bad argument, a missing file, folder or package (before any work).
-        ConversionError: a converter failed.
+        ConversionError: a converter failed, or the file or a sidecar could not be written (disk full,
+            permission denied); either way the output path is left as it was (an earlier export there,
+            set aside while this one was written, is put back).
         ParityError: a float export's logits differ from PyTorch's by more than the tolerance
             (1e-4 for fp32, 1e-2 for fp16); the file and its sidecar are left for inspection.
     """
@@ -161,31 +163,44 @@ def export_model(
     if check is None:
         check = random_inputs(check_images, preprocessing, seed=seed)
 
-    # -- write ------------------------------------------------------------------------------------
+    # -- write, verify, describe: a failure here leaves `path` as it was ------------------------------
     logger.info("exporting %s to %s (%s, %d px)", source.describe(), path, precision, size)
-    started = time.perf_counter()
-    job = ExportJob(net, path, precision, size, opset, dynamic_batch, sample=check, calibration=calibration)
-    converter = fmt.write(job)
-    seconds = time.perf_counter() - started
+    earlier = set_aside(path)  # an earlier export at `path` comes back if this one fails
+    try:
+        started = time.perf_counter()
+        job = ExportJob(net, path, precision, size, opset, dynamic_batch, sample=check, calibration=calibration)
+        converter = fmt.write(job)
+        seconds = time.perf_counter() - started
 
-    # -- verify -----------------------------------------------------------------------------------
-    if fmt.name == "tflite":
-        converter["tflite_ops"] = builtin_operators(path)
-    runner = open_runner(path)
-    report = compare(pytorch_logits(net, check), runner(check.numpy()), precision=precision, real_images=real)
-    sidecar, labels = write_sidecar(
-        path,
-        format_name=fmt.name,
-        precision=precision,
-        model_name=source.model_name,
-        source=source.describe(),
-        io=runner.describe(),
-        preprocessing=preprocessing,
-        class_names=class_names,
-        parity=report,
-        converter={**converter, "seconds": round(seconds, 2)},
-    )
-    result = ExportResult(path, fmt.name, precision, path.stat().st_size, seconds, report, sidecar, labels)
+        if fmt.name == "tflite":
+            converter["tflite_ops"] = builtin_operators(path)
+        runner = open_runner(path)
+        report = compare(pytorch_logits(net, check), runner(check.numpy()), precision=precision, real_images=real)
+        sidecar, labels = write_sidecar(
+            path,
+            format_name=fmt.name,
+            precision=precision,
+            model_name=source.model_name,
+            source=source.describe(),
+            io=runner.describe(),
+            preprocessing=preprocessing,
+            class_names=class_names,
+            parity=report,
+            converter={**converter, "seconds": round(seconds, 2)},
+        )
+        result = ExportResult(path, fmt.name, precision, path.stat().st_size, seconds, report, sidecar, labels)
+    except BaseException as error:  # a half-written file must not pass for an export (Ctrl-C included)
+        removed = remove_export(path)
+        restored = put_back(earlier)
+        if isinstance(error, OSError):  # disk full, permission denied, a file removed under us
+            where = error.filename or f"the export in {path.parent}"
+            left = f"; removed the partial {', '.join(removed)}" if removed else ""
+            kept = f"; the earlier {restored} is back in place" if restored else ""
+            raise ConversionError(f"could not write {where} ({error.strerror or error}){left}{kept}") from error
+        if restored:
+            logger.info("the earlier %s is back in place", restored)
+        raise
+    discard(earlier)  # the new export replaces it (a failed parity check included: its files are kept to inspect)
     if not report.passed:
         raise ParityError(f"{path} does not match PyTorch: {report.summary()}")
     if not report.meets_aim:
@@ -198,6 +213,61 @@ def pytorch_logits(model: nn.Module, images: Tensor, *, batch_size: int = 16) ->
     """The reference: the eval-mode PyTorch model's float32 logits, ``[N, classes]``."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def export_files(path: Path) -> tuple[Path, Path, Path]:
+    """The files one export writes: the exported file, its sidecar and its labels."""
+    return path, sidecar_path(path), labels_path(path)
+
+
+def set_aside(path: Path) -> list[tuple[Path, Path]]:
+    """Rename the files of an earlier export at ``path`` to hidden ``.<name>.previous`` files beside them,
+    so that a failed export can put them back; the ``(aside, original)`` pairs."""
+    moved = []
+    for file in export_files(path):
+        if file.is_file():
+            aside = file.with_name(f".{file.name}.previous")
+            try:
+                file.replace(aside)
+            except OSError as error:
+                put_back(moved)
+                raise ConversionError(f"could not set the earlier {file} aside ({error.strerror or error})") from None
+            moved.append((aside, file))
+    return moved
+
+
+def put_back(moved: list[tuple[Path, Path]]) -> str:
+    """Undo :func:`set_aside`; the restored file names, joined (empty when there were none)."""
+    restored = []
+    for aside, file in moved:
+        try:
+            aside.replace(file)
+        except OSError:
+            logger.warning("could not put the earlier %s back; it is kept as %s", file.name, aside)
+            continue
+        restored.append(file.name)
+    return ", ".join(restored)
+
+
+def discard(moved: list[tuple[Path, Path]]) -> None:
+    """Delete what :func:`set_aside` kept, once the new export stands."""
+    for aside, _ in moved:
+        aside.unlink(missing_ok=True)
+
+
+def remove_export(path: Path) -> list[str]:
+    """Delete the exported file at ``path`` and its sidecars, as far as they exist; the names removed."""
+    removed = []
+    for file in export_files(path):
+        try:
+            file.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            logger.warning("could not remove the partial file %s", file)
+            continue
+        removed.append(file.name)
+    return removed
 
 
 def check_output_folder(path: Path) -> None:

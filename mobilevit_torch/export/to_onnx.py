@@ -57,6 +57,8 @@ def export_onnx(
                 verbose=False,
             )
         onnx.checker.check_model(str(path), full_check=True)
+    except OSError:
+        raise  # the file could not be written (disk full, ...): the caller names it
     except Exception as error:
         raise ConversionError(f"ONNX export failed: {_first_line(error)}") from error
     return path

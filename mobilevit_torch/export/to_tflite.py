@@ -215,15 +215,16 @@ def _worker_env(guard_dir: Path, onnxsim: str) -> dict[str, str]:
     return env
 
 
-def _keep_log(log_file: Path, outputs: dict[str, Path]) -> Path:
-    """Copy the conversion log beside the first output, where it outlives the temporary folder."""
+def _keep_log(log_file: Path, outputs: dict[str, Path]) -> str:
+    """Copy the conversion log beside the first output, where it outlives the temporary folder; where it is."""
     target = Path(next(iter(outputs.values())))
     kept = target.with_name(target.name + ".convert.log")
     try:
         shutil.copyfile(log_file, kept)
-    except OSError:
-        return log_file
-    return kept
+    except OSError as error:  # the temporary folder goes too: say why there is no log to read
+        kept.unlink(missing_ok=True)
+        return f"not kept (copying it to {kept.parent} failed: {error.strerror or error})"
+    return str(kept)
 
 
 def _last_error(log_file: Path) -> str:

@@ -7,15 +7,20 @@ and nothing is left in pyplot's figure registry to leak memory over a long run.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib import font_manager, ft2font, rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -72,7 +77,10 @@ def plot_confusion_matrix(
     """An annotated heatmap of ``cm[true, predicted]``; rows are normalised to sum to 1 by default.
 
     The figure grows with the number of classes and the annotation font shrinks, so 5 to 20 classes
-    stay legible; beyond 30 classes the cells are left unannotated (the colours still read).
+    stay legible; beyond 30 classes the cells are left unannotated (the colours still read). A class
+    name with characters the installed fonts lack (CJK, emoji with matplotlib's default DejaVu Sans)
+    is shown as its index, ``#3``, named in one logged line, instead of as empty boxes and a warning
+    per missing character.
     """
     cm = torch.as_tensor(cm).detach().cpu()
     num_classes = len(class_names)
@@ -88,8 +96,17 @@ def plot_confusion_matrix(
     ax = figure.subplots()
     image = ax.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
-    ax.set_xticks(range(num_classes), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(num_classes), labels=list(class_names))
+    labels = [name if _drawable(name) else f"#{index}" for index, name in enumerate(class_names)]
+    by_index = [f"{label} {name}" for label, name in zip(labels, class_names, strict=True) if label != name]
+    if by_index:
+        logger.warning(
+            "%s: the installed fonts lack characters of %d class name(s), shown by index: %s",
+            Path(path).name,
+            len(by_index),
+            ", ".join(by_index),
+        )
+    ax.set_xticks(range(num_classes), labels=labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(num_classes), labels=labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = counts.diagonal().sum().item() / total if total else math.nan
@@ -105,6 +122,26 @@ def plot_confusion_matrix(
                 color = "white" if value > threshold else "black"
                 ax.text(col, row, text, ha="center", va="center", fontsize=fontsize, color=color)
     return _save(figure, path)
+
+
+def _drawable(text: str) -> bool:
+    """Whether the fonts matplotlib draws text with have a glyph for every character of ``text``."""
+    characters = _font_characters(tuple(rcParams["font.family"]))
+    return not characters or all(ord(char) in characters for char in text)  # no font found: cannot tell
+
+
+@functools.lru_cache(maxsize=4)
+def _font_characters(families: tuple[str, ...]) -> frozenset[int]:
+    """The code points covered by the fonts matplotlib falls back through: the best match of each
+    ``font.family`` entry (``sans-serif`` alone by default: DejaVu Sans)."""
+    characters: set[int] = set()
+    for family in families:
+        try:
+            font = font_manager.findfont(font_manager.FontProperties(family=[family]), fallback_to_default=False)
+        except ValueError:  # none of the family's fonts is installed
+            continue
+        characters |= set(ft2font.FT2Font(font).get_charmap())
+    return frozenset(characters)
 
 
 def _points(epochs: list[Any], history: Sequence[dict[str, Any]], key: str) -> tuple[list[Any], list[float]]:

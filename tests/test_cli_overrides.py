@@ -1,0 +1,64 @@
+"""check_overrides/quote_for_hydra: command-line values Hydra's override grammar cannot read as written."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+
+from mobilevit_torch.cli import check_overrides, quote_for_hydra
+
+KEYS = ["checkpoint", "output", "data.root", "data.multiscale_sizes", "epochs"]
+
+
+def _parsed(arg: str) -> object:
+    return OverridesParser.create().parse_overrides([arg])[0].value()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "runs/été (1)/best.pt",
+        "~/runs/best.pt",
+        "花/写真 🌸",
+        "a=b#c",
+        "it's",
+        'say "hi"',
+        "it's \"both\"",
+        "C:\\runs (1)\\",
+    ],
+)
+def test_unreadable_values_are_quoted_and_reach_hydra_as_typed(value: str) -> None:
+    with pytest.raises(OverrideParseException):  # the premise: Hydra cannot read it unquoted
+        _parsed(f"checkpoint={value}")
+    quoted = quote_for_hydra(f"checkpoint={value}")
+    assert _parsed(quoted) == value
+
+
+@pytest.mark.parametrize("arg", ["epochs=3", "checkpoint=runs/a b/best.pt", "model=xxs,xs", "--cfg", "-m", "epochs="])
+def test_readable_arguments_are_left_as_they_are(arg: str) -> None:
+    assert quote_for_hydra(arg) == arg
+
+
+def test_check_overrides_returns_the_arguments_hydra_can_read() -> None:
+    argv = ["epochs=3", "checkpoint=runs/été (1)/best.pt", "hydra.run.dir=runs/été"]
+    expected = ["epochs=3", "checkpoint='runs/été (1)/best.pt'", "hydra.run.dir='runs/été'"]
+    assert check_overrides(argv, KEYS, {}) == expected
+
+
+@pytest.mark.parametrize(
+    ("arg", "hint"),
+    [
+        ("data.multiscale_sizes=[160,192", "quote it: data.multiscale_sizes='\"[160,192\"'"),
+        ("data.root='C:\\dir\\'", "quote it: data.root='\"C:\\dir\\\\\"'"),  # the trailing backslash doubled
+    ],
+)
+def test_a_broken_structure_is_one_line_showing_the_quoted_form(
+    arg: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        check_overrides([arg], KEYS, {})
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Hydra cannot read {arg} (") and err.rstrip().endswith(hint), err
+    assert len(err.strip().splitlines()) == 1
