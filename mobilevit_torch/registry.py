@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,9 @@ def create_model(
     name: str,
     pretrained: bool | str | Path = False,
     num_classes: int | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model by name, optionally loading weights.
@@ -92,6 +95,9 @@ def create_model(
             RGB weights fit a model with ``in_chans != 3``: the first convolution is adapted (logged).
         num_classes: classifier size. ``None`` means the checkpoint's when loading weights, else 1000.
             When it differs from the checkpoint's, the classifier is re-initialised (a warning says so).
+        features_only: return the network without its head, whose forward gives the feature maps of the
+            stages ``out_indices`` as a list (timm's name; the model's ``as_backbone``).
+        out_indices: with ``features_only``, which stages (default all; ``feature_info`` lists them).
         **kwargs: the model's own keyword arguments (``drop_rate``, ``dropout``, ``drop_path_rate``, ...).
             Unknown ones raise.
     """
@@ -105,9 +111,24 @@ def create_model(
         ]
         raise TypeError(
             f"create_model({name!r}) got unknown argument(s) {', '.join(hints)}; "
-            f"accepted: pretrained, {', '.join(accepted)}"
+            f"accepted: pretrained, features_only, out_indices, {', '.join(accepted)}"
         )
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices picks the feature maps of a backbone: pass features_only=True with it")
+    if features_only and num_classes:
+        raise ValueError(f"features_only=True builds no classifier; num_classes={num_classes} has no meaning here")
+    model = _create(name, pretrained, num_classes, kwargs, accepted)
+    if not features_only:
+        return model
+    if not callable(getattr(model, "as_backbone", None)):
+        raise TypeError(f"{name!r} cannot be built with features_only=True (its model has no as_backbone)")
+    return model.as_backbone(out_indices)
 
+
+def _create(
+    name: str, pretrained: bool | str | Path, num_classes: int | None, kwargs: dict[str, Any], accepted: list[str]
+) -> nn.Module:
+    """The whole model, with ``pretrained``'s weights when given."""
     if pretrained is False or pretrained is None:
         return _build(name, 1000 if num_classes is None else num_classes, kwargs)
 

@@ -54,13 +54,107 @@ def test_channels_last_matches_contiguous() -> None:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_multi_scale_features() -> None:
-    model = create_model("mobilevit_xs").eval()
+@pytest.mark.parametrize("name", list_models())
+def test_multi_scale_features(name: str) -> None:
+    model = create_model(name).eval()
+    x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
-        features = model.forward_intermediates(torch.randn(1, 3, 256, 256))
+        features = model.forward_intermediates(x)
+        picked = model.forward_intermediates(x, indices=(3, 1))
     assert [f.shape[-1] for f in features] == [128, 64, 32, 16, 8]  # strides 2, 4, 8, 16, 32
-    assert [f.shape[1] for f in features] == [s.out_chs for s in VARIANTS["xs"].stages]
-    assert [info["reduction"] for info in model.feature_info] == [2, 4, 8, 16, 32]
+    assert [f.shape[1] for f in features] == [s.out_chs for s in VARIANTS[name.removeprefix("mobilevit_")].stages]
+    assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert model.feature_info.channels() == [f.shape[1] for f in features]
+    assert len(picked) == 2 and picked[0].equal(features[1]) and picked[1].equal(features[3])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_features_only_is_a_backbone_that_stops_at_its_last_level(name: str) -> None:
+    model = create_model(name).eval()
+    backbone = model.as_backbone(out_indices=(1, -2))
+    assert backbone.out_indices == (1, 3) and len(backbone.stages) == 4  # stage 4 is never run
+    assert backbone.feature_info.channels() == [model.feature_info[1]["num_chs"], model.feature_info[3]["num_chs"]]
+    assert backbone.feature_info.reduction() == [4, 16]
+    assert backbone.stem is model.stem  # shares the model's weights
+    x = torch.randn(2, 3, 160, 224)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x)
+        out = backbone(x)
+    assert [f.shape for f in out] == [
+        (2, backbone.feature_info[i]["num_chs"], 160 // r, 224 // r) for i, r in enumerate((4, 16))
+    ]
+    assert out[0].equal(expected[1]) and out[1].equal(expected[3])
+    # Its parameter names are the full model's, so a full checkpoint loads into it.
+    missing, unexpected = backbone.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("stages.4.", "final_conv.", "classifier.")) for k in unexpected)
+
+    built = create_model(name, features_only=True)
+    assert not hasattr(built, "classifier") and built.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert len(built(torch.randn(1, 3, 64, 64))) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(out_indices=(1, 2)), ValueError, "pass features_only=True"),
+        (dict(features_only=True, num_classes=5), ValueError, "builds no classifier"),
+        (dict(features_only=True, out_indices=(1, 5)), ValueError, r"must be in 0..4 \(or -5..-1\), got \(1, 5\)"),
+        (dict(features_only=True, out_indices=()), ValueError, "must be in 0..4"),
+        (dict(features_only=True, out_indices=3), TypeError, "a sequence of integers"),
+        (dict(features_only=True, out_indices=(1.0, 2)), TypeError, "a sequence of integers"),
+    ],
+)
+def test_bad_feature_requests_are_named(kwargs: dict, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        create_model("mobilevit_xxs", **kwargs)
+
+
+def test_fused_backbone_matches_the_backbone() -> None:
+    from mobilevit_torch.models import fuse_for_inference
+
+    backbone = create_model("mobilevit_xxs", features_only=True, out_indices=(2, 4)).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        for out, ref in zip(fuse_for_inference(backbone)(x), backbone(x), strict=True):
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_grad_checkpointing_recomputes_each_stage_with_the_same_gradients(features_only: bool) -> None:
+    """Same loss and gradients with and without, the random draws (dropout, stochastic depth) included;
+    with it each stage runs twice per training step (forward, then again in the backward), once without
+    autograd."""
+    kwargs = dict(drop_path_rate=0.2, dropout=0.1, attn_drop=0.1)
+    heads = dict(features_only=True) if features_only else dict(num_classes=3)
+    model = create_model("mobilevit_xxs", **heads, **kwargs).train()
+    calls = []
+    model.stages[2].register_forward_pre_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(x)
+        loss = sum(o.square().mean() for o in out) if features_only else out.square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, grads = loss_and_grads()
+    assert len(calls) == 1
+    model.load_state_dict(state)  # the same BatchNorm running statistics for the second pass
+    model.set_grad_checkpointing()
+    calls.clear()
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    assert len(calls) == 2, "the stage was not recomputed in the backward"
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert len(grads_ckpt) == len(grads)
+    for g_ckpt, g in zip(grads_ckpt, grads, strict=True):
+        torch.testing.assert_close(g_ckpt, g, atol=1e-6, rtol=1e-5)
+    calls.clear()
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 1
 
 
 def test_reset_classifier() -> None:

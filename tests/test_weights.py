@@ -184,6 +184,34 @@ def test_forward_head_pre_logits_and_get_classifier_match_timm(tmp_path: Path) -
         torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected)
 
 
+def test_features_only_matches_timm_and_transformers_feature_maps(tmp_path: Path) -> None:
+    """The backbone's levels are transformers' hidden states (all five) and timm's ``features_only`` maps
+    (levels 0-3; timm's stride-32 map is after the 1x1 expansion), on the same weights."""
+    x = torch.rand(2, 3, 256, 256)
+    hf = hf_model("mobilevit_xxs")
+    hf.save_pretrained(tmp_path / "hf")
+    ours = create_model("mobilevit_xxs", pretrained=tmp_path / "hf", features_only=True).eval()
+    with torch.no_grad():
+        expected = hf(x, output_hidden_states=True).hidden_states
+        out = ours(x)
+    assert len(out) == len(expected) == 5
+    for level, (mine, theirs) in enumerate(zip(out, expected, strict=True)):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=f"level {level}")
+
+    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    ours = create_model(
+        "mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", features_only=True, out_indices=(0, 1, 2, 3)
+    )
+    timm_features = timm.create_model("mobilevit_xxs", features_only=True, out_indices=(0, 1, 2, 3))
+    assert ours.feature_info.channels() == timm_features.feature_info.channels()
+    assert ours.feature_info.reduction() == timm_features.feature_info.reduction()
+    with torch.no_grad():
+        expected = reference.forward_intermediates(x, indices=[0, 1, 2, 3], intermediates_only=True)
+        for mine, theirs in zip(ours.eval()(x), expected, strict=True):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_grayscale_model_from_rgb_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """in_chans=1 sums the first convolution over R, G, B: a gray image gives what the RGB model gives
     for the same gray replicated to three channels."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
 from mobilevit_torch.layers import ConvNormAct
+from mobilevit_torch.models.features import FeatureInfo, MobileViTFeatures, feature_indices, run_stages
 from mobilevit_torch.models.variants import VARIANTS, MobileViTConfig
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.registry import register_model
@@ -59,7 +61,7 @@ class MobileViT(nn.Module):
 
         self.stem = ConvNormAct(in_chans, config.stem_chs, kernel_size=3, stride=2)
         stages: list[nn.Module] = []
-        self.feature_info: list[dict[str, int | str]] = []
+        self.feature_info = FeatureInfo()
         in_chs, reduction = config.stem_chs, 2
         # One rate per block, MV2 and MobileViT blocks alike, linear from 0 to drop_path_rate (timm's
         # schedule, float32 linspace included, so both models drop with the same probabilities).
@@ -104,6 +106,7 @@ class MobileViT(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(config.final_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.apply(_init_weights)
 
     def get_classifier(self) -> nn.Module:
@@ -121,18 +124,30 @@ class MobileViT(nn.Module):
         self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
         self.classifier.apply(_init_weights)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """Stage outputs at strides 2, 4, 8, 16 and 32, for detection/segmentation heads."""
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of keeping them (timm's name).
+
+        Training then holds only the stage outputs, at the cost of a second forward through every stage
+        during the backward. Gradients are unchanged; BatchNorm's running statistics see each batch twice
+        (the recomputation runs in training mode too), as in timm. No effect with autograd off."""
+        self.grad_checkpointing = bool(enable)
+
+    def as_backbone(self, out_indices: Sequence[int] | None = None) -> MobileViTFeatures:
+        """This network without its head, returning the feature maps of the stages ``out_indices``
+        (default: all five; see ``feature_info``) as a list: what ``create_model(..., features_only=True)``
+        returns. It shares this model's modules and weights."""
+        return MobileViTFeatures(self, out_indices)
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int] | None = None) -> list[Tensor]:
+        """Stage outputs at strides 2, 4, 8, 16 and 32 (``feature_info``), for detection/segmentation
+        heads; ``indices`` picks some of them (0-4, negative from the end) and stops after the last one."""
+        levels = feature_indices(indices, len(self.stages))
+        return run_stages(self.stem, self.stages, x, levels, checkpointing=self.grad_checkpointing)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the 1x1 expansion: ``[B, final_chs, H/32, W/32]``."""
-        return self.final_conv(self.stages(self.stem(x)))
+        (x,) = run_stages(self.stem, self.stages, x, (len(self.stages) - 1,), checkpointing=self.grad_checkpointing)
+        return self.final_conv(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool, dropout and classify a :meth:`forward_features` map; ``pre_logits=True`` stops before the
