@@ -84,3 +84,19 @@ def test_local_looking_pretrained_path_is_a_missing_file(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="pretrained: no such file or folder: runs/best.pt"):
         tiny_config(tmp_path, tmp_path, pretrained="runs/best.pt").check_paths()
     tiny_config(tmp_path, tmp_path, pretrained="apple/mobilevit-xx-small").check_paths()  # a hub id: fetched later
+
+
+def test_flowers_offline_names_train_py_options(tmp_path: Path) -> None:
+    """The library says how to get tf_flowers by hand; training adds the options that avoid the download."""
+    from mobilevit_torch.data import DataError
+    from mobilevit_torch.training.data_setup import prepare_split
+    from mobilevit_torch.training.distributed import DistInfo
+
+    offline = "http://127.0.0.1:9/x.tgz"  # the discard port: nothing listens
+    config = tiny_config(tmp_path, tmp_path / "data", **{"data.kind": "flowers", "data.url": offline})
+    (tmp_path / "run").mkdir()
+    with pytest.raises(DataError) as info:
+        prepare_split(config, tmp_path / "run", DistInfo())
+    message = str(info.value)
+    assert message.startswith(f"could not download {offline} (") and "yourself and extract it into" in message
+    assert message.endswith("data=imagefolder data.root=PATH trains on your own photos (one sub-folder per class)")

@@ -48,10 +48,7 @@ def download_file(url: str, dest: Path, *, sha256: str, timeout: float = 30) -> 
                         digest.update(chunk)
                         bar.update(len(chunk))
         except (OSError, http.client.HTTPException, ValueError) as error:
-            raise DataError(
-                f"could not download {url} ({_reason(error)}). Download it yourself and extract it into "
-                f"{dest.parent}, or pass data.root=PATH to a folder of class sub-folders"
-            ) from None
+            raise DataError(f"could not download {url} ({_reason(error)})") from None
         got = digest.hexdigest()
         if got != sha256.lower():
             raise DataError(
@@ -155,16 +152,19 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
         return root
     if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
         # Not ours to delete: it may be the user's own, half-copied data.
-        raise DataError(
-            f"{folder} exists but holds no class folders of images; move it away to download tf_flowers, "
-            f"or pass data.root=PATH to a folder of class sub-folders"
-        )
+        raise DataError(f"{folder} exists but holds no class folders of images; move it away to download tf_flowers")
 
     root.mkdir(parents=True, exist_ok=True)
     archive = root / f"{FLOWERS_FOLDER}.tgz"
     if not (archive.is_file() and sha256_of(archive) == sha256.lower()):
         logger.info("downloading tf_flowers from %s into %s", url, root)
-        download_file(url, archive, sha256=sha256)
+        try:
+            download_file(url, archive, sha256=sha256)
+        except DataError as error:
+            raise DataError(
+                f"{error}. Download {url} yourself and extract it into {root} (it holds "
+                f"{FLOWERS_FOLDER}/<class>/<image>), or use a folder of class sub-folders of your own"
+            ) from None
     staging = Path(tempfile.mkdtemp(prefix=".flower_photos.", dir=root))
     try:
         safe_extract_tar(archive, staging)

@@ -39,6 +39,16 @@ class TrainData:
     skipped: list[tuple[str, str]]  # (path, reason) of every unreadable file left out
 
 
+def _flowers(root: Path, config: TrainConfig) -> Path:
+    try:
+        return prepare_flowers(root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256)
+    except DataError as error:
+        raise DataError(
+            f"{error}. data.root=PATH sets where tf_flowers is looked for and put; "
+            f"data=imagefolder data.root=PATH trains on your own photos (one sub-folder per class)"
+        ) from None
+
+
 def prepare_split(
     config: TrainConfig, run_dir: Path, info: DistInfo, *, reuse: bool = False
 ) -> tuple[DatasetSplit, list[tuple[str, str]]]:
@@ -51,13 +61,9 @@ def prepare_split(
         root = Path(config.data.root).expanduser()
         if config.data.kind == "flowers":
             if info.is_main:
-                root = prepare_flowers(
-                    root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
-                )
+                root = _flowers(root, config)
             barrier(info)
-            root = prepare_flowers(
-                root, url=config.data.url or FLOWERS_URL, sha256=config.data.sha256 or FLOWERS_SHA256
-            )
+            root = _flowers(root, config)  # found where the main process put them
         elif not root.is_dir():
             raise DataError(f"data.root does not exist or is not a folder: {root}")
         split = make_split(root, seed=config.seed, val_fraction=config.data.val_fraction)
