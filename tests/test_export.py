@@ -181,10 +181,31 @@ def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tm
 
 
 def test_parity_failure_is_an_error(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that fails its parity check is kept beside the output path, never at it: an earlier
+    export there is put back, and without one the path stays free."""
+    out = tmp_path / "m.onnx"
+    good = export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out)
+    earlier = {file.name: file.read_bytes() for file in tmp_path.iterdir()}
     real = exporter_module.pytorch_logits
     monkeypatch.setattr(exporter_module, "pytorch_logits", lambda model, images: real(model, images) + 1e-3)
-    with pytest.raises(ParityError, match=r"max \|Δ\| 1\.00e-03 \(≤ 1e-04 FAILED\)"):
-        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=tmp_path / "m.onnx")
+    for _ in range(2):  # a second failure replaces the first one's files
+        with pytest.raises(ParityError, match=r"max \|Δ\| 1\.00e-03 \(≤ 1e-04 FAILED\)") as info:
+            export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=out)
+        assert "Kept for inspection as m.parity-failed.onnx" in str(info.value)
+        assert f"the earlier {good.path.name}, {good.sidecar.name}, {good.labels.name} is back" in str(info.value)
+        assert {file.name: file.read_bytes() for file in tmp_path.iterdir() if ".parity-failed." not in file.name} == (
+            earlier
+        )
+    failed = sorted(file.name for file in tmp_path.iterdir() if ".parity-failed." in file.name)
+    assert failed == ["m.parity-failed.onnx", "m.parity-failed.onnx.json", "m.parity-failed.onnx.labels.txt"]
+    meta = json.loads((tmp_path / "m.parity-failed.onnx.json").read_text())
+    assert meta["file"] == "m.parity-failed.onnx" and meta["parity"]["passed"] is False
+
+    fresh = tmp_path / "new" / "m.onnx"
+    with pytest.raises(ParityError) as info:
+        export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], check_images=1, output=fresh)
+    assert "back in place" not in str(info.value)
+    assert sorted(file.name for file in fresh.parent.iterdir()) == failed
 
 
 def _disk_full(model: object, path: Path, **kwargs: object) -> Path:

@@ -96,7 +96,8 @@ def export_model(
             permission denied); either way the output path is left as it was (an earlier export there,
             set aside while this one was written, is put back).
         ParityError: a float export's logits differ from PyTorch's by more than the tolerance
-            (1e-4 for fp32, 1e-2 for fp16); the file and its sidecar are left for inspection.
+            (1e-4 for fp32, 1e-2 for fp16). The file and its sidecars are kept for inspection as
+            ``<stem>.parity-failed<suffix>`` beside the output path, which is left as it was.
     """
     # -- check everything before any work --------------------------------------------------------
     fmt = get_format(format)
@@ -166,6 +167,7 @@ def export_model(
     # -- write, verify, describe: a failure here leaves `path` as it was ------------------------------
     logger.info("exporting %s to %s (%s, %d px)", source.describe(), path, precision, size)
     earlier = set_aside(path)  # an earlier export at `path` comes back if this one fails
+    written = path  # where the file ends up: a file that fails its parity check never takes `path`
     try:
         started = time.perf_counter()
         job = ExportJob(net, path, precision, size, opset, dynamic_batch, sample=check, calibration=calibration)
@@ -176,8 +178,12 @@ def export_model(
             converter["tflite_ops"] = builtin_operators(path)
         runner = open_runner(path)
         report = compare(pytorch_logits(net, check), runner(check.numpy()), precision=precision, real_images=real)
+        if not report.passed:  # kept to inspect, under a name no one takes for a working export
+            written = parity_failed_path(path)
+            remove_export(written)
+            path.replace(written)
         sidecar, labels = write_sidecar(
-            path,
+            written,
             format_name=fmt.name,
             precision=precision,
             model_name=source.model_name,
@@ -188,9 +194,9 @@ def export_model(
             parity=report,
             converter={**converter, "seconds": round(seconds, 2)},
         )
-        result = ExportResult(path, fmt.name, precision, path.stat().st_size, seconds, report, sidecar, labels)
+        result = ExportResult(written, fmt.name, precision, written.stat().st_size, seconds, report, sidecar, labels)
     except BaseException as error:  # a half-written file must not pass for an export (Ctrl-C included)
-        removed = remove_export(path)
+        removed = remove_export(path) + (remove_export(written) if written != path else [])
         restored = put_back(earlier)
         if isinstance(error, OSError):  # disk full, permission denied, a file removed under us
             where = error.filename or f"the export in {path.parent}"
@@ -200,9 +206,14 @@ def export_model(
         if restored:
             logger.info("the earlier %s is back in place", restored)
         raise
-    discard(earlier)  # the new export replaces it (a failed parity check included: its files are kept to inspect)
     if not report.passed:
-        raise ParityError(f"{path} does not match PyTorch: {report.summary()}")
+        restored = put_back(earlier)
+        kept = f"; the earlier {restored} is back in place" if restored else ""
+        raise ParityError(
+            f"{path} does not match PyTorch: {report.summary()}. Kept for inspection as {written.name} "
+            f"(with its .json and .labels.txt){kept}"
+        )
+    discard(earlier)  # the new export replaces it
     if not report.meets_aim:
         logger.warning("%s: top-1 agreement below the aim for %s: %s", path.name, precision, report.summary())
     return result
@@ -213,6 +224,11 @@ def pytorch_logits(model: nn.Module, images: Tensor, *, batch_size: int = 16) ->
     """The reference: the eval-mode PyTorch model's float32 logits, ``[N, classes]``."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+
+
+def parity_failed_path(path: Path) -> Path:
+    """Where an export that failed its parity check is kept: ``model.onnx`` -> ``model.parity-failed.onnx``."""
+    return path.with_name(f"{path.stem}.parity-failed{path.suffix}")
 
 
 def export_files(path: Path) -> tuple[Path, Path, Path]:
