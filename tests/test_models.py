@@ -165,6 +165,16 @@ def test_reset_classifier() -> None:
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 320)
 
 
+def test_reset_classifier_takes_timms_global_pool_argument() -> None:
+    model = create_model("mobilevit_xxs")
+    model.reset_classifier(3, "avg")
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    for pool in ("max", "", "catavgmax"):
+        with pytest.raises(ValueError, match=rf"global_pool={pool!r} is not available: MobileViT pools by global"):
+            model.reset_classifier(4, pool)
+    assert model.get_classifier().out_features == 3  # a refused call changes nothing
+
+
 def test_get_classifier_and_forward_head_as_timm_names_them() -> None:
     """``forward == forward_head(forward_features)``; ``pre_logits=True`` stops at the pooled features,
     which ``get_classifier()`` (the final Linear) turns into the logits."""

@@ -113,8 +113,16 @@ class MobileViT(nn.Module):
         """The final ``nn.Linear`` (``nn.Identity`` when the model has ``num_classes=0``), as timm names it."""
         return self.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: features only)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: features only).
+
+        ``global_pool`` is accepted for timm's signature: ``None`` or ``"avg"`` (the paper's global average
+        pooling, the only one this model has)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(
+                f"global_pool={global_pool!r} is not available: MobileViT pools by global average ('avg'); "
+                f"for the unpooled map use forward_features(x)"
+            )
         num_classes = _check_count("num_classes", num_classes, minimum=0)
         self.num_classes = num_classes
         if "num_classes" in getattr(self, "model_args", {}):  # set by create_model; checkpoints rebuild from it
