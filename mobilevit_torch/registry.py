@@ -117,30 +117,28 @@ def create_model(
         raise ValueError("out_indices picks the feature maps of a backbone: pass features_only=True with it")
     if features_only and num_classes:
         raise ValueError(f"features_only=True builds no classifier; num_classes={num_classes} has no meaning here")
-    model = _create(name, pretrained, num_classes, kwargs, accepted)
-    if not features_only:
-        return model
-    if not callable(getattr(model, "as_backbone", None)):
-        raise TypeError(f"{name!r} cannot be built with features_only=True (its model has no as_backbone)")
-    return model.as_backbone(out_indices)
+    weights = None
+    model_kwargs = dict(kwargs)
+    if pretrained is not False and pretrained is not None:
+        from mobilevit_torch.weights import read_pretrained
 
+        weights = read_pretrained(name, pretrained)
+        model_kwargs = {k: v for k, v in weights.model_args.items() if k in accepted and k != "num_classes"}
+        model_kwargs.update(kwargs)
+        if num_classes is None and weights.num_classes is not None:
+            num_classes = weights.num_classes
+    if features_only:
+        num_classes = 0  # no classifier to build
+    model = _build(name, 1000 if num_classes is None else num_classes, model_kwargs)
+    if features_only:
+        if not callable(getattr(model, "as_backbone", None)):
+            raise TypeError(f"{name!r} cannot be built with features_only=True (its model has no as_backbone)")
+        model = model.as_backbone(out_indices)
+    if weights is not None:
+        from mobilevit_torch.weights import load_into
 
-def _create(
-    name: str, pretrained: bool | str | Path, num_classes: int | None, kwargs: dict[str, Any], accepted: list[str]
-) -> nn.Module:
-    """The whole model, with ``pretrained``'s weights when given."""
-    if pretrained is False or pretrained is None:
-        return _build(name, 1000 if num_classes is None else num_classes, kwargs)
-
-    from mobilevit_torch.weights import load_into, read_pretrained
-
-    weights = read_pretrained(name, pretrained)
-    model_kwargs = {k: v for k, v in weights.model_args.items() if k in accepted and k != "num_classes"}
-    model_kwargs.update(kwargs)
-    if num_classes is None:
-        num_classes = weights.num_classes if weights.num_classes is not None else 1000
-    model = _build(name, num_classes, model_kwargs)
-    load_into(model, weights)
+        # A backbone takes its part of whole-model weights (and a backbone's own, saved with fewer stages).
+        load_into(model, weights, part=features_only)
     return model
 
 

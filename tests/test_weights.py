@@ -212,6 +212,24 @@ def test_features_only_matches_timm_and_transformers_feature_maps(tmp_path: Path
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_a_backbone_loads_its_own_weights_and_its_part_of_a_whole_models(tmp_path: Path) -> None:
+    whole = randomize_norms(create_model("mobilevit_xxs", num_classes=4))
+    torch.save(whole.state_dict(), tmp_path / "whole.pt")
+    short = create_model("mobilevit_xxs", features_only=True, out_indices=(1,), pretrained=tmp_path / "whole.pt")
+    assert short.feature_info.channels() == [24]
+    torch.testing.assert_close(
+        short.state_dict(), {k: v for k, v in whole.state_dict().items() if k in short.state_dict()}
+    )
+
+    torch.save(short.state_dict(), tmp_path / "short.pt")  # a backbone's own weights, two stages only
+    again = create_model("mobilevit_xxs", features_only=True, out_indices=[-4], pretrained=tmp_path / "short.pt")
+    torch.testing.assert_close(again.state_dict(), short.state_dict())
+    with pytest.raises(WeightsError, match=r"(?s)does not match mobilevit_xxs.*missing: stages\.2\."):
+        create_model("mobilevit_xxs", features_only=True, pretrained=tmp_path / "short.pt")
+    with pytest.raises(WeightsError, match="does not match mobilevit_xxs"):
+        create_model("mobilevit_xxs", pretrained=tmp_path / "short.pt")  # the whole model needs the head too
+
+
 def test_grayscale_model_from_rgb_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """in_chans=1 sums the first convolution over R, G, B: a gray image gives what the RGB model gives
     for the same gray replicated to three channels."""

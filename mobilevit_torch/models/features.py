@@ -28,6 +28,8 @@ class MobileViTFeatures(nn.Module):
         super().__init__()
         levels = feature_indices(out_indices, len(model.stages))
         self.config = model.config
+        if hasattr(model, "model_name"):  # set by create_model: names the network in weight-loading errors
+            self.model_name = model.model_name
         self.preprocessing = model.preprocessing
         self.out_indices = levels
         self.feature_info = FeatureInfo(dict(model.feature_info[i]) for i in levels)

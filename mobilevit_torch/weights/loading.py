@@ -149,9 +149,12 @@ def read_weights(path: Path) -> LoadedWeights:
     return weights
 
 
-def load_into(model: nn.Module, weights: LoadedWeights) -> None:
+def load_into(model: nn.Module, weights: LoadedWeights, *, part: bool = False) -> None:
     """Load ``weights`` into ``model`` strictly; re-initialise the classifier if its size differs, and
-    adapt RGB weights' first convolution to a model built with ``in_chans != 3`` (timm's rule)."""
+    adapt RGB weights' first convolution to a model built with ``in_chans != 3`` (timm's rule).
+
+    ``part``: ``model`` is part of the network (a backbone without the head or the last stages), so the
+    checkpoint's other tensors are left out; every tensor ``model`` has must still be there."""
     state_dict = dict(weights.state_dict)
     expected = model.state_dict()
     stem, target = state_dict.get(STEM_WEIGHT), expected.get(STEM_WEIGHT)
@@ -164,8 +167,10 @@ def load_into(model: nn.Module, weights: LoadedWeights) -> None:
     )
     if adapt_stem:
         state_dict[STEM_WEIGHT] = adapt_input_conv(stem, target.shape[1])
+    if part:
+        state_dict = {k: v for k, v in state_dict.items() if k in expected}
     num_classes = getattr(model, "num_classes", None)
-    reinit_head = weights.num_classes != num_classes
+    reinit_head = not part and weights.num_classes != num_classes
     if reinit_head:
         state_dict.pop("classifier.weight", None)
         state_dict.pop("classifier.bias", None)
@@ -198,7 +203,7 @@ def load_into(model: nn.Module, weights: LoadedWeights) -> None:
             logger.warning("classifier left out (num_classes=0, features only): %s has %s", weights.source, have)
         else:
             logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
-    elif weights.class_names is not None and len(weights.class_names) == num_classes:
+    elif not part and weights.class_names is not None and len(weights.class_names) == num_classes:
         model.class_names = list(weights.class_names)
     if weights.preprocessing is not None:
         model.preprocessing = weights.preprocessing
