@@ -120,3 +120,36 @@ def test_train_e2e_reads_capture_times_from_train_log() -> None:
     assert times["captures"] == 2
     assert times["capture_warmup_s"] == pytest.approx(9.0) and times["capture_s"] == pytest.approx(1.0)
     assert e2e.capture_times("no graphs here")["captures"] == 0
+
+
+def test_conv_census_times_every_convolution_of_a_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each convolution a forward runs, by kind, with the stem's input gradient left out of the step."""
+    spec = importlib.util.spec_from_file_location("conv_census", REPO / "benchmarks" / "conv_census.py")
+    assert spec is not None and spec.loader is not None
+    census = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "conv_census", census)  # its dataclass looks its module up
+    spec.loader.exec_module(census)
+    from mobilevit_torch import create_model
+    from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
+
+    report = census.main(
+        ["--device", "cpu", "--variant", "xxs", "--batch", "2", "--img-size", "64", "--repeats", "1",
+         "--warmup", "0", "--json", str(tmp_path / "census.json")]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "census.json").read_text()) == json.loads(json.dumps(report))
+    model = create_model("mobilevit_xxs")
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    vit_blocks = sum(isinstance(m, MobileViTBlock) for m in model.modules())
+    calls = {(group["kind"], group["pass"]): group["count"] for group in report["by_kind"]}
+    assert calls[("depthwise 3x3", "forward")] == len(blocks) == 7
+    # expansion + projection per MV2 block, and the final 1x1 (the MobileViT blocks' 1x1s run as matmuls)
+    assert calls[("pointwise 1x1", "forward")] == 2 * len(blocks) + 1
+    assert calls[("full 3x3", "forward")] == 2 * vit_blocks  # local and fusion convolutions
+    assert calls[("stem 3x3", "forward")] == calls[("stem 3x3", "weight grad")] == 1
+    assert ("stem 3x3", "input grad") not in calls
+    assert report["total_ms"] == pytest.approx(sum(row["ms"] for row in report["rows"])) and report["total_ms"] > 0
+
+    stem = next(row for row in report["rows"] if row["kind"] == "stem 3x3" and row["pass"] == "forward")
+    # 2 x 3 x 64 x 64 in, 16 x 3 x 3 x 3 weights, 2 x 16 x 32 x 32 out, float32
+    assert stem["bytes"] == (2 * 3 * 64 * 64 + 16 * 3 * 9 + 2 * 16 * 32 * 32) * 4
+    assert stem["flops"] == 2 * 2 * 32 * 32 * 16 * 3 * 9
