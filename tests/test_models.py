@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,8 @@ def test_features_only_is_a_backbone_that_stops_at_its_last_level(name: str) -> 
     missing, unexpected = backbone.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all(k.startswith(("stages.4.", "final_conv.", "classifier.")) for k in unexpected)
 
+    numpy_and_generator = create_model(name, features_only=True, out_indices=(i for i in np.array([3, 1])))
+    assert numpy_and_generator.out_indices == (1, 3)
     built = create_model(name, features_only=True)
     assert not hasattr(built, "classifier") and built.feature_info.reduction() == [2, 4, 8, 16, 32]
     assert len(built(torch.randn(1, 3, 64, 64))) == 5
@@ -102,6 +105,7 @@ def test_features_only_is_a_backbone_that_stops_at_its_last_level(name: str) -> 
         (dict(features_only=True, out_indices=()), ValueError, "must be in 0..4"),
         (dict(features_only=True, out_indices=3), TypeError, "a sequence of integers"),
         (dict(features_only=True, out_indices=(1.0, 2)), TypeError, "a sequence of integers"),
+        (dict(features_only=True, out_indices="12"), TypeError, "a sequence of integers"),
     ],
 )
 def test_bad_feature_requests_are_named(kwargs: dict, error: type[Exception], message: str) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +22,8 @@ class MobileViTFeatures(nn.Module):
     16, 24, 48, 64 and 80 channels). timm's ``features_only`` ends instead with the 1x1 expansion
     (``final_conv``, XXS 320 channels) at stride 32; levels 0-3 are the same maps. ``feature_info``
     lists channels and strides (``.channels()``, ``.reduction()``, as timm's). Parameter names are the
-    full model's (``stem.*``, ``stages.N.*``), so its checkpoints load with ``strict=False``.
+    full model's (``stem.*``, ``stages.N.*``): ``create_model(..., features_only=True, pretrained=...)``
+    loads a whole model's weights (or a backbone's own) into it.
     """
 
     def __init__(self, model: MobileViT, out_indices: Sequence[int] | None = None) -> None:
@@ -62,9 +64,12 @@ def feature_indices(indices: Sequence[int] | None, count: int) -> tuple[int, ...
     """``indices`` (None: all ``count`` levels; negative ones from the end) as sorted, distinct levels."""
     if indices is None:
         return tuple(range(count))
-    if isinstance(indices, (int, str)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+    if not isinstance(indices, Iterable) or isinstance(indices, (str, bytes, Tensor)):
         raise TypeError(f"feature indices are a sequence of integers such as (1, 2, 3, 4), got {indices!r}")
-    levels = sorted({i % count if -count <= i < count else i for i in indices})
+    indices = tuple(indices)
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices):
+        raise TypeError(f"feature indices are a sequence of integers such as (1, 2, 3, 4), got {indices!r}")
+    levels = sorted({int(i) % count if -count <= i < count else int(i) for i in indices})
     if not levels or levels[0] < 0 or levels[-1] >= count:
         raise ValueError(f"feature indices must be in 0..{count - 1} (or -{count}..-1), got {tuple(indices)}")
     return tuple(levels)
