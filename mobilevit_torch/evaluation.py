@@ -152,6 +152,7 @@ def evaluate_folder(
         raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise EvaluationError(f"num_workers must be at least 0, got {num_workers}")
+    _check_classifier(model)
     class_names = _class_names(model, required=True)
     num_classes = len(class_names)
     root = Path(root).expanduser()
@@ -245,6 +246,7 @@ def predict_images(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise BadImageError(missing[0], f"no such file{more}")
+    _check_classifier(model)
     names = _class_names(model, required=False)
     device = resolve_device(device)
     transform = eval_transform(model.preprocessing)
@@ -343,6 +345,23 @@ def _collate_readable(
     images = torch.stack([image for image, _ in readable])  # [B, 3, S, S]
     labels = torch.tensor([label for _, label in readable], dtype=torch.long)
     return images, labels, unreadable
+
+
+def _check_classifier(model: nn.Module) -> None:
+    """Refuse a model whose outputs are not class scores for RGB images: without a classifier (a
+    ``features_only`` backbone, ``num_classes=0``) its pooled features would be ranked as if they were
+    classes, and a model built with ``in_chans != 3`` would fail inside its first convolution."""
+    if getattr(model, "num_classes", None) == 0 or hasattr(model, "out_indices"):
+        raise EvaluationError(
+            "the model has no classifier (a features_only backbone, or num_classes=0): its outputs are "
+            "features, not class scores; load a trained classifier (reset_classifier(n) adds an untrained one)"
+        )
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is not None and stem.in_channels != 3:
+        raise EvaluationError(
+            f"the model takes {stem.in_channels}-channel input (in_chans={stem.in_channels}), but images are read "
+            "as 3-channel RGB: feed such a model tensors yourself"
+        )
 
 
 def _class_names(model: nn.Module, *, required: bool) -> list[str] | None:

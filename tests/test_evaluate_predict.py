@@ -188,6 +188,30 @@ def test_evaluate_folder_needs_class_names_and_class_folders(setup: dict, tmp_pa
         evaluate_folder(setup["model"], tmp_path, num_workers=0, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"features_only": True}, "no classifier"),
+        ({"num_classes": 0}, "no classifier"),
+        ({"num_classes": 3, "in_chans": 1}, "takes 1-channel input"),
+    ],
+)
+def test_predict_and_evaluate_refuse_models_that_do_not_classify_rgb_images(
+    setup: dict, kwargs: dict, message: str
+) -> None:
+    """Without a classifier the pooled features were ranked as if they were class scores (silently
+    wrong); a 1-channel model failed inside oneDNN's convolution."""
+    model = create_model("mobilevit_xxs", **kwargs)
+    model.class_names = list(MODEL_CLASSES)
+    path = sorted(setup["folder"].rglob("*.*"))[0]
+    with pytest.raises(EvaluationError, match=message):
+        predict_images(model, [path])
+    with pytest.raises(EvaluationError, match=message):
+        predict_images(fuse_for_inference(model), [path])
+    with pytest.raises(EvaluationError, match=message):
+        evaluate_folder(model, setup["folder"], num_workers=0, progress=False)
+
+
 def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model_from_checkpoint(tmp_path / "nope.pt")
