@@ -269,6 +269,22 @@ def test_predict_images_takes_one_path_and_refuses_folders_and_bad_batch_sizes(s
         evaluate_folder(model, setup["folder"], num_workers=-1, progress=False)
 
 
+def test_counts_must_be_integers(setup: dict) -> None:
+    """A float or string count was a TypeError/ValueError from inside torch.topk, range() or the DataLoader."""
+    model, path = setup["model"], sorted(setup["folder"].rglob("*.*"))[0]
+    for kwargs in ({"topk": 2.5}, {"topk": "3"}, {"topk": True}, {"batch_size": 2.0}):
+        name = next(iter(kwargs))
+        with pytest.raises(TypeError, match=f"^{name} must be an integer, got "):
+            predict_images(model, [path], **kwargs)
+    for kwargs in ({"batch_size": 2.5}, {"num_workers": "2"}):
+        name = next(iter(kwargs))
+        with pytest.raises(TypeError, match=f"^{name} must be an integer, got "):
+            evaluate_folder(model, setup["folder"], progress=False, **kwargs)
+    assert predict_images(model, [path], topk=numpy.int64(2)) == predict_images(model, [path], topk=2)
+    with pytest.raises(BadImageError, match=r"<PIL image, item 0>: empty image \(0 x 0 pixels\)"):
+        predict_images(model, Image.new("RGB", (0, 0)))
+
+
 def test_predict_images_takes_pil_images_as_their_files(setup: dict, tmp_path: Path) -> None:
     """A PIL image gets the prediction of the same image saved to disk, in any mix with paths."""
     model = setup["model"]
