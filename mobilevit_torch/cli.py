@@ -101,7 +101,10 @@ def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str
     key; ``groups``: each config group's options (``model``: ``s``, ``xs``, ``xxs``).
 
     Returns the arguments to hand to Hydra: ``argv`` with each value Hydra's override grammar cannot
-    read quoted for it (see :func:`quote_for_hydra`)."""
+    read quoted for it (see :func:`quote_for_hydra`). Hydra's own answers, a paragraph or a traceback, are
+    also replaced by one line for an empty value (``checkpoint=$UNSET``), a group set to ``null`` and a
+    sweep (``format=onnx,tflite``) without ``-m``."""
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue  # Hydra's flags (--cfg job, -m, --help) and their values
@@ -109,9 +112,11 @@ def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str
         key = key.lstrip("+~")
         if key == "hydra" or key.startswith("hydra."):
             continue
+        if value == "" and not arg.startswith("~"):  # Hydra reads it as '': a path would become "."
+            fail(f"{key}= has no value (an unset shell variable?): give {key}=VALUE, or leave {key}= out", 2)
         options = groups.get(key)
         for choice in value.split(",") if options is not None else []:  # -m sweeps: model=xxs,xs
-            if choice not in (*options, "null"):
+            if choice not in options:
                 close = difflib.get_close_matches(choice, options, n=1)
                 hint = f" (did you mean {key}={close[0]}?)" if close else ""
                 fail(f"unknown {key} {choice!r}{hint}: choose {key}={'|'.join(options)}", 2)
@@ -121,7 +126,18 @@ def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str
         close = [k for k in keys if k.endswith("." + key)] or difflib.get_close_matches(key, keys, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"options: {', '.join(keys)}"
         fail(f"unknown option {key!r} ({hint})", 2)
-    return [quote_for_hydra(arg) for arg in argv]
+    quoted = [quote_for_hydra(arg) for arg in argv]
+    if not multirun:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        for arg in quoted:
+            if not arg.startswith("-") and "=" in arg and parser.parse_overrides([arg])[0].is_sweep_override():
+                key, value = arg.split("=", 1)
+                in_hydra = _hydra_quoted(value, quote='"')
+                quote = f"; if the comma is part of the value, quote it: {key}='{in_hydra}'"
+                fail(f"{arg} is a sweep, one run per value: add -m to run them{'' if key in groups else quote}", 2)
+    return quoted
 
 
 def quote_for_hydra(arg: str) -> str:

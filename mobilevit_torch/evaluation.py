@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -148,10 +149,9 @@ def evaluate_folder(
     cannot be decoded is skipped with one warning and listed in ``EvalResult.skipped``.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
-    if batch_size < 1:
-        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers < 0:
-        raise EvaluationError(f"num_workers must be at least 0, got {num_workers}")
+    batch_size = _count("batch_size", batch_size, minimum=1)
+    num_workers = _count("num_workers", num_workers, minimum=0)
+    _check_classifier(model)
     class_names = _class_names(model, required=True)
     num_classes = len(class_names)
     root = Path(root).expanduser()
@@ -230,10 +230,8 @@ def predict_images(
     number of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
-    if topk < 1:
-        raise EvaluationError(f"topk must be at least 1, got {topk}")
-    if batch_size < 1:
-        raise EvaluationError(f"batch_size must be at least 1, got {batch_size}")
+    topk = _count("topk", topk, minimum=1)
+    batch_size = _count("batch_size", batch_size, minimum=1)
     items = _image_items(paths)
     files = [p for p in items if isinstance(p, Path)]
     folders = [p for p in files if p.is_dir()]
@@ -245,6 +243,7 @@ def predict_images(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise BadImageError(missing[0], f"no such file{more}")
+    _check_classifier(model)
     names = _class_names(model, required=False)
     device = resolve_device(device)
     transform = eval_transform(model.preprocessing)
@@ -343,6 +342,37 @@ def _collate_readable(
     images = torch.stack([image for image, _ in readable])  # [B, 3, S, S]
     labels = torch.tensor([label for _, label in readable], dtype=torch.long)
     return images, labels, unreadable
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``: a TypeError for a float, string or bool (torch and
+    the DataLoader would fail on them later, in their own words), an EvaluationError below ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_type_name(value)} {value!r}") from None
+    if value < minimum:
+        raise EvaluationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _check_classifier(model: nn.Module) -> None:
+    """Refuse a model whose outputs are not class scores for RGB images: without a classifier (a
+    ``features_only`` backbone, ``num_classes=0``) its pooled features would be ranked as if they were
+    classes, and a model built with ``in_chans != 3`` would fail inside its first convolution."""
+    if getattr(model, "num_classes", None) == 0 or hasattr(model, "out_indices"):
+        raise EvaluationError(
+            "the model has no classifier (a features_only backbone, or num_classes=0): its outputs are "
+            "features, not class scores; load a trained classifier (reset_classifier(n) adds an untrained one)"
+        )
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is not None and stem.in_channels != 3:
+        raise EvaluationError(
+            f"the model takes {stem.in_channels}-channel input (in_chans={stem.in_channels}), but images are read "
+            "as 3-channel RGB: feed such a model tensors yourself"
+        )
 
 
 def _class_names(model: nn.Module, *, required: bool) -> list[str] | None:

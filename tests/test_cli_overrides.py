@@ -24,7 +24,7 @@ def _parsed(arg: str) -> object:
         "a=b#c",
         "it's",
         'say "hi"',
-        "it's \"both\"",
+        'it\'s "both"',
         "C:\\runs (1)\\",
     ],
 )
@@ -62,3 +62,32 @@ def test_a_broken_structure_is_one_line_showing_the_quoted_form(
     err = capsys.readouterr().err
     assert err.startswith(f"error: Hydra cannot read {arg} (") and err.rstrip().endswith(hint), err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Hydra answered these with a traceback or a paragraph.
+        (["model=null"], "unknown model 'null': choose model=s|xs|xxs"),
+        (["checkpoint="], "checkpoint= has no value (an unset shell variable?)"),  # became "." (the working folder)
+        (["epochs=3", "model=xxs,xs"], "model=xxs,xs is a sweep, one run per value: add -m to run them"),
+        (
+            ["checkpoint=a,b.pt"],
+            "is a sweep, one run per value: add -m to run them; if the comma is part of the "
+            "value, quote it: checkpoint='\"a,b.pt\"'",
+        ),
+    ],
+)
+def test_hydra_mistakes_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        check_overrides(argv, KEYS, {"model": ["s", "xs", "xxs"]})
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sweeps_pass_with_multirun_and_quoted_commas_pass_without() -> None:
+    groups = {"model": ["s", "xs", "xxs"]}
+    assert check_overrides(["-m", "model=xxs,xs"], KEYS, groups) == ["-m", "model=xxs,xs"]
+    assert check_overrides(["checkpoint='a,b.pt'"], KEYS, groups) == ["checkpoint='a,b.pt'"]
+    assert check_overrides(["~checkpoint="], KEYS, groups) == ["~checkpoint="]

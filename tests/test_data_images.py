@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilevit_torch.data.images import IMAGE_EXTENSIONS, BadImageError, load_rgb
+from mobilevit_torch.data.images import IMAGE_EXTENSIONS, BadImageError, load_rgb, pil_to_rgb, to_rgb
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -153,6 +153,17 @@ def test_bad_files_raise_bad_image_error(tmp_path: Path) -> None:
             assert info.value.path == str(tmp_path / name)
             assert str(tmp_path / name) in str(info.value)
             assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_an_image_without_pixels_is_a_bad_image(mode: str) -> None:
+    """An empty crop (0 pixels wide or high) used to reach the resize and die there with ZeroDivisionError."""
+    photo = Image.new(mode, (40, 30))
+    for empty in (photo.crop((10, 10, 10, 20)), Image.new(mode, (5, 0))):
+        with pytest.raises(BadImageError, match=r"<crop>: empty image \(\d+ x \d+ pixels\)"):
+            pil_to_rgb(empty, name="<crop>")
+        with pytest.raises(BadImageError, match="empty image"):
+            to_rgb(empty)
 
 
 def test_a_very_large_image_is_one_line_of_ours_then_refused_past_the_limit(

@@ -188,6 +188,30 @@ def test_evaluate_folder_needs_class_names_and_class_folders(setup: dict, tmp_pa
         evaluate_folder(setup["model"], tmp_path, num_workers=0, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"features_only": True}, "no classifier"),
+        ({"num_classes": 0}, "no classifier"),
+        ({"num_classes": 3, "in_chans": 1}, "takes 1-channel input"),
+    ],
+)
+def test_predict_and_evaluate_refuse_models_that_do_not_classify_rgb_images(
+    setup: dict, kwargs: dict, message: str
+) -> None:
+    """Without a classifier the pooled features were ranked as if they were class scores (silently
+    wrong); a 1-channel model failed inside oneDNN's convolution."""
+    model = create_model("mobilevit_xxs", **kwargs)
+    model.class_names = list(MODEL_CLASSES)
+    path = sorted(setup["folder"].rglob("*.*"))[0]
+    with pytest.raises(EvaluationError, match=message):
+        predict_images(model, [path])
+    with pytest.raises(EvaluationError, match=message):
+        predict_images(fuse_for_inference(model), [path])
+    with pytest.raises(EvaluationError, match=message):
+        evaluate_folder(model, setup["folder"], num_workers=0, progress=False)
+
+
 def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model_from_checkpoint(tmp_path / "nope.pt")
@@ -243,6 +267,22 @@ def test_predict_images_takes_one_path_and_refuses_folders_and_bad_batch_sizes(s
         evaluate_folder(model, setup["folder"], batch_size=0, progress=False)
     with pytest.raises(EvaluationError, match="num_workers must be at least 0, got -1"):
         evaluate_folder(model, setup["folder"], num_workers=-1, progress=False)
+
+
+def test_counts_must_be_integers(setup: dict) -> None:
+    """A float or string count was a TypeError/ValueError from inside torch.topk, range() or the DataLoader."""
+    model, path = setup["model"], sorted(setup["folder"].rglob("*.*"))[0]
+    for kwargs in ({"topk": 2.5}, {"topk": "3"}, {"topk": True}, {"batch_size": 2.0}):
+        name = next(iter(kwargs))
+        with pytest.raises(TypeError, match=f"^{name} must be an integer, got "):
+            predict_images(model, [path], **kwargs)
+    for kwargs in ({"batch_size": 2.5}, {"num_workers": "2"}):
+        name = next(iter(kwargs))
+        with pytest.raises(TypeError, match=f"^{name} must be an integer, got "):
+            evaluate_folder(model, setup["folder"], progress=False, **kwargs)
+    assert predict_images(model, [path], topk=numpy.int64(2)) == predict_images(model, [path], topk=2)
+    with pytest.raises(BadImageError, match=r"<PIL image, item 0>: empty image \(0 x 0 pixels\)"):
+        predict_images(model, Image.new("RGB", (0, 0)))
 
 
 def test_predict_images_takes_pil_images_as_their_files(setup: dict, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from mobilevit_torch import WeightsError, create_model, list_models
@@ -303,6 +304,14 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "notes.safetensors").write_text("hello, this is text")
     with pytest.raises(WeightsError, match="notes.safetensors: not a PyTorch or safetensors file"):
         create_model("mobilevit_xxs", pretrained=tmp_path / "notes.safetensors")
+    # Other binary files: torch.load's pickle reader says "Weights only load failed" for some of them,
+    # which is no reason to call them pickled models.
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    Image.new("RGBA", (8, 8)).save(tmp_path / "icon.png")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.0.0")
+    for name in ("photo.jpg", "icon.png", "model.onnx"):
+        with pytest.raises(WeightsError, match=f"{name}: not a PyTorch or safetensors file"):
+            create_model("mobilevit_xxs", pretrained=tmp_path / name)
     save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     # A WeightsError (one line from the command-line tools) that is still a ValueError, naming the file.
     with pytest.raises(WeightsError, match="other.safetensors: these weights are not a MobileViT checkpoint") as err:

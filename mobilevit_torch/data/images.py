@@ -132,6 +132,8 @@ def to_rgb(image: Image.Image, *, path: str | os.PathLike[str] = "<image>") -> I
     Transparency is composited on white (the usual background for product photos and icons, and
     what a viewer shows); 16-bit data is scaled, not clipped, so a 16-bit photo is not blown out.
     """
+    if image.width == 0 or image.height == 0:  # an empty crop: resizing it would divide by zero
+        raise BadImageError(path, f"empty image ({image.width} x {image.height} pixels)")
     mode = image.mode
     if mode == "RGB":
         return image

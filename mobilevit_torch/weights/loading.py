@@ -231,15 +231,15 @@ def _load_file(file: Path) -> Any:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Weights only load failed" in first_line:  # torch.load(weights_only=True) met a pickled object
+        if kind is None:  # an image, an ONNX file, text: torch.load's pickle reader fails on it somehow
+            reason = "not a PyTorch or safetensors file"
+        elif "Weights only load failed" in first_line:  # torch.load(weights_only=True) met a pickled object
             reason = (
                 "it holds pickled Python objects, not just tensors (a whole model saved with "
                 "torch.save(model)?), and those are never unpickled here; save model.state_dict() instead"
             )
-        elif kind:
-            reason = f"a damaged or truncated {'PyTorch' if kind == 'torch' else kind} file ({first_line})"
         else:
-            reason = "not a PyTorch or safetensors file"
+            reason = f"a damaged or truncated {'PyTorch' if kind == 'torch' else kind} file ({first_line})"
         raise WeightsError(
             f"cannot read weights from {file}: {reason}. Expected a .safetensors file or a "
             "torch.save'd state dict of tensors (arbitrary pickled objects are refused)."
