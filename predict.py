@@ -75,10 +75,11 @@ def expand_folders(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise BadImageError(missing[0], f"no such file{more}")
-    _, bad = find_unreadable([Sample(str(path), 0) for path in named])
+    _, bad = find_unreadable([Sample(str(path), 0) for path in named], warn=False)  # the error names them
     if bad:
-        more = f" (and {len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""
-        raise BadImageError(bad[0][0], bad[0][1] + more)
+        others = [path for path, _ in bad[1:]]
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise BadImageError(bad[0][0], bad[0][1] + (f" (also unreadable: {listed})" if others else ""))
 
     images: list[Path] = []
     skipped: list[tuple[str, str]] = []

@@ -622,3 +622,10 @@ def test_predict_cli_unreadable_image_is_one_line_exit_2(
     with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error, also status 2
         predict.main([str(setup["checkpoint"]), str(image), "--topk", "0"])
     assert exit_info.value.code == 2
+
+    # As a user sees it: one line, no warning repeating it; further bad files are named in it.
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    done = _run("predict.py", setup["checkpoint"], image, broken, empty, "--device", "cpu")
+    assert done.returncode == 2
+    _one_error_line(done.stderr, f"{broken}: not a recognised image format (also unreadable: {empty})")

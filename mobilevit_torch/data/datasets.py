@@ -83,9 +83,10 @@ class ImageListDataset(Dataset):
 
 
 def find_unreadable(
-    samples: Sequence[Sample], *, num_workers: int = 4
+    samples: Sequence[Sample], *, num_workers: int = 4, warn: bool = True
 ) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Split ``samples`` into the readable ones (order kept) and ``(path, reason)`` for the rest.
+    """Split ``samples`` into the readable ones (order kept) and ``(path, reason)`` for the rest, each
+    logged as a warning unless ``warn=False`` (a caller that reports them itself).
 
     Each file is opened and fully decoded at a small JPEG draft, which is quick but still reads
     every byte, so empty, truncated and mislabelled files are all caught.
@@ -104,6 +105,7 @@ def find_unreadable(
         if reason is None:
             good.append(sample)
         else:
-            logger.warning("unreadable image %s: %s", sample.path, reason)
+            if warn:
+                logger.warning("unreadable image %s: %s", sample.path, reason)
             bad.append((sample.path, reason))
     return good, bad
