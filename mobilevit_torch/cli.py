@@ -106,13 +106,18 @@ def check_overrides(argv: list[str], keys: list[str], groups: dict[str, list[str
     sweep (``format=onnx,tflite``) without ``-m``."""
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     for arg in argv:
+        if arg.startswith("~"):  # Hydra deletes the key: a required one fails later, deep in the command
+            key = arg[1:].split("=", 1)[0]
+            if key != "hydra" and not key.startswith("hydra."):
+                fail(f"{arg} deletes the setting {key!r}: give {key}=VALUE instead, or leave it out for its default", 2)
+            continue
         if arg.startswith("-") or "=" not in arg:
             continue  # Hydra's flags (--cfg job, -m, --help) and their values
         key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
+        key = key.lstrip("+")
         if key == "hydra" or key.startswith("hydra."):
             continue
-        if value == "" and not arg.startswith("~"):  # Hydra reads it as '': a path would become "."
+        if value == "":  # Hydra reads it as '': a path would become "."
             fail(f"{key}= has no value (an unset shell variable?): give {key}=VALUE, or leave {key}= out", 2)
         options = groups.get(key)
         for choice in value.split(",") if options is not None else []:  # -m sweeps: model=xxs,xs

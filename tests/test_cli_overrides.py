@@ -70,6 +70,8 @@ def test_a_broken_structure_is_one_line_showing_the_quoted_form(
         # Hydra answered these with a traceback or a paragraph.
         (["model=null"], "unknown model 'null': choose model=s|xs|xxs"),
         (["checkpoint="], "checkpoint= has no value (an unset shell variable?)"),  # became "." (the working folder)
+        (["~format"], "~format deletes the setting 'format': give format=VALUE instead"),  # export: a TypeError
+        (["~epochs=300"], "~epochs=300 deletes the setting 'epochs'"),
         (["epochs=3", "model=xxs,xs"], "model=xxs,xs is a sweep, one run per value: add -m to run them"),
         (
             ["checkpoint=a,b.pt"],
@@ -90,4 +92,4 @@ def test_sweeps_pass_with_multirun_and_quoted_commas_pass_without() -> None:
     groups = {"model": ["s", "xs", "xxs"]}
     assert check_overrides(["-m", "model=xxs,xs"], KEYS, groups) == ["-m", "model=xxs,xs"]
     assert check_overrides(["checkpoint='a,b.pt'"], KEYS, groups) == ["checkpoint='a,b.pt'"]
-    assert check_overrides(["~checkpoint="], KEYS, groups) == ["~checkpoint="]
+    assert check_overrides(["~hydra.job_logging"], KEYS, groups) == ["~hydra.job_logging"]

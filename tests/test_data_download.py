@@ -138,7 +138,7 @@ def test_prepare_flowers_offline_and_bad_checksum(tmp_path: Path, server: tuple[
     offline = tmp_path / "offline"
     with pytest.raises(DataError, match="could not download") as info:
         prepare_flowers(offline, url=UNREACHABLE)
-    assert f"Download {UNREACHABLE} yourself and extract it into {offline.absolute()} (it holds" in str(info.value)
+    assert f"Download it yourself and extract it into {offline.absolute()} (it holds" in str(info.value)
     assert "data.root" not in str(info.value)
     url, served = server
     flowers_tgz(served / "flower_photos.tgz")

@@ -162,7 +162,7 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
             download_file(url, archive, sha256=sha256)
         except DataError as error:
             raise DataError(
-                f"{error}. Download {url} yourself and extract it into {root} (it holds "
+                f"{error}. Download it yourself and extract it into {root} (it holds "
                 f"{FLOWERS_FOLDER}/<class>/<image>), or use a folder of class sub-folders of your own"
             ) from None
     staging = Path(tempfile.mkdtemp(prefix=".flower_photos.", dir=root))
