@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mobilevit_torch.checks import check_count, type_name
 from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
 from mobilevit_torch.data.images import BadImageError, load_rgb, pil_to_rgb
 from mobilevit_torch.data.transforms import eval_transform
@@ -149,8 +149,8 @@ def evaluate_folder(
     cannot be decoded is skipped with one warning and listed in ``EvalResult.skipped``.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
-    batch_size = _count("batch_size", batch_size, minimum=1)
-    num_workers = _count("num_workers", num_workers, minimum=0)
+    batch_size = check_count("batch_size", batch_size, minimum=1, error=EvaluationError)
+    num_workers = check_count("num_workers", num_workers, minimum=0, error=EvaluationError)
     _check_classifier(model)
     class_names = _class_names(model, required=True)
     num_classes = len(class_names)
@@ -230,8 +230,8 @@ def predict_images(
     number of classes; a model without class names (e.g. ImageNet weights from timm) reports class ids.
     The images run through a copy of ``model`` with BatchNorm folded (see :func:`inference_model`).
     """
-    topk = _count("topk", topk, minimum=1)
-    batch_size = _count("batch_size", batch_size, minimum=1)
+    topk = check_count("topk", topk, minimum=1, error=EvaluationError)
+    batch_size = check_count("batch_size", batch_size, minimum=1, error=EvaluationError)
     items = _image_items(paths)
     files = [p for p in items if isinstance(p, Path)]
     folders = [p for p in files if p.is_dir()]
@@ -265,7 +265,7 @@ def _image_items(images: Any) -> list[Path | Image.Image]:
     if isinstance(images, (str, os.PathLike, Image.Image)):  # a string would otherwise be one "path" per character
         images = [images]
     accepted = "image files (str or os.PathLike) or PIL images"
-    not_a_list = f"predict_images() takes {accepted}, one or a list; got {_type_name(images)}"
+    not_a_list = f"predict_images() takes {accepted}, one or a list; got {type_name(images)}"
     if isinstance(images, (Tensor, bytes, bytearray)) or hasattr(images, "__array__"):  # iterable, but not by image
         raise TypeError(not_a_list)
     try:
@@ -274,7 +274,7 @@ def _image_items(images: Any) -> list[Path | Image.Image]:
         raise TypeError(not_a_list) from None
     for index, item in enumerate(items):
         if not isinstance(item, (str, os.PathLike, Image.Image)):
-            raise TypeError(f"predict_images() takes {accepted}; item {index} is {_type_name(item)}")
+            raise TypeError(f"predict_images() takes {accepted}; item {index} is {type_name(item)}")
     return [item if isinstance(item, Image.Image) else Path(item).expanduser() for item in items]
 
 
@@ -282,11 +282,6 @@ def _read_rgb(item: Path | Image.Image, index: int) -> Image.Image:
     if isinstance(item, Image.Image):
         return pil_to_rgb(item, name=f"<PIL image, item {index}>")
     return load_rgb(item)
-
-
-def _type_name(value: Any) -> str:
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 @contextlib.contextmanager
@@ -342,20 +337,6 @@ def _collate_readable(
     images = torch.stack([image for image, _ in readable])  # [B, 3, S, S]
     labels = torch.tensor([label for _, label in readable], dtype=torch.long)
     return images, labels, unreadable
-
-
-def _count(name: str, value: Any, *, minimum: int) -> int:
-    """``value`` as an int of at least ``minimum``: a TypeError for a float, string or bool (torch and
-    the DataLoader would fail on them later, in their own words), an EvaluationError below ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {_type_name(value)} {value!r}") from None
-    if value < minimum:
-        raise EvaluationError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 def _check_classifier(model: nn.Module) -> None:

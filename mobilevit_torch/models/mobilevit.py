@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
+from mobilevit_torch.checks import check_count
 from mobilevit_torch.layers import ConvNormAct
 from mobilevit_torch.models.features import FeatureInfo, MobileViTFeatures, feature_indices, run_stages
 from mobilevit_torch.models.variants import VARIANTS, MobileViTConfig
@@ -45,8 +45,8 @@ class MobileViT(nn.Module):
         super().__init__()
         # Checked here, by name: torch would fail later, deep inside nn.Linear/nn.Dropout, or (attention
         # dropout) only at the first training step.
-        num_classes = _check_count("num_classes", num_classes, minimum=0)
-        in_chans = _check_count("in_chans", in_chans, minimum=1)
+        num_classes = check_count("num_classes", num_classes, minimum=0)
+        in_chans = check_count("in_chans", in_chans, minimum=1)
         rates = {"drop_rate": drop_rate, "dropout": dropout, "attn_drop": attn_drop, "ffn_drop": ffn_drop}
         for name, rate in rates.items():
             if rate is not None:  # dropout=None: the variant's own
@@ -123,7 +123,7 @@ class MobileViT(nn.Module):
                 f"global_pool={global_pool!r} is not available: MobileViT pools by global average ('avg'); "
                 f"for the unpooled map use forward_features(x)"
             )
-        num_classes = _check_count("num_classes", num_classes, minimum=0)
+        num_classes = check_count("num_classes", num_classes, minimum=0)
         self.num_classes = num_classes
         if "num_classes" in getattr(self, "model_args", {}):  # set by create_model; checkpoints rebuild from it
             self.model_args["num_classes"] = num_classes
@@ -166,18 +166,6 @@ class MobileViT(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _check_count(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_rate(name: str, value: Any, *, kind: str = "dropout", below_one: bool = False) -> None:
