@@ -177,9 +177,9 @@ def test_train_with_and_without_graphs_agree(tmp_path: Path) -> None:
             assert other == pytest.approx(eager, rel=5e-3), variant
 
 
-@pytest.mark.parametrize("benchmark", [False, True])
-def test_cudnn_benchmark_setting_is_applied(tmp_path: Path, benchmark: bool) -> None:
+@pytest.mark.parametrize("search", [False, True])  # not "benchmark": pytest-benchmark's fixture name
+def test_cudnn_benchmark_setting_is_applied(tmp_path: Path, search: bool) -> None:
     folder = make_folder(tmp_path / "photos", per_class=4)
-    config = tiny_config(tmp_path, folder, device="cuda", cudnn_benchmark=benchmark, epochs=1)
+    config = tiny_config(tmp_path, folder, device="cuda", cudnn_benchmark=search, epochs=1)
     train(config, tmp_path / "run")
-    assert torch.backends.cudnn.benchmark is benchmark
+    assert torch.backends.cudnn.benchmark is search

@@ -83,10 +83,13 @@ def check_model(device: str) -> None:
     images = torch.randn(2, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.tensor([1, 3], device=device)
     losses = []
-    for net in (model, reference):
-        loss = F.cross_entropy(net(images), labels)
-        loss.backward()
-        losses.append(loss.detach())
+    # Full-precision convolutions: with cuDNN's TF32 a 1e-7 difference in a normalised map can round
+    # to a 1e-3 one in the next convolution's input.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for net in (model, reference):
+            loss = F.cross_entropy(net(images), labels)
+            loss.backward()
+            losses.append(loss.detach())
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
     for (name, param), ref_param in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(param.grad, ref_param.grad, rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
