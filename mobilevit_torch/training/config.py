@@ -81,10 +81,10 @@ class TrainConfig:
     pretrained: str | bool | None = None
     compile: bool = False
     cuda_graphs: bool = True  # on a single CUDA GPU, replay each training update as one CUDA graph
-    cudnn_benchmark: bool = True  # CUDA: cuDNN times its kernels once per input shape (during epoch 1)
+    cudnn_benchmark: bool = False  # CUDA: cuDNN times its kernels per input shape in epoch 1 (did not pay: NOTES)
     amp: bool = True  # bf16 autocast where the GPU supports it (fp16 + GradScaler otherwise); off on CPU
     channels_last: bool = True
-    fused_norm: bool = False  # CUDA: BatchNorm + SiLU as fused Triton kernels in training (layers/fused_norm.py)
+    fused_norm: bool = True  # CUDA: BatchNorm + SiLU as fused Triton kernels in training (layers/fused_norm.py)
     log_every: int = 20  # steps between progress-bar updates (each is a host sync)
     progress: bool = True
     tensorboard: bool = True

@@ -162,7 +162,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     if config.compile:
         train_model = torch.compile(train_model)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed shapes: cuDNN times its kernels once
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # the search costs more than it wins: NOTES
         logger.info(
             "CUDA graphs: %s",
             "on (one graph per update)" if use_graphs else f"off ({graphs_blocked or 'cuda_graphs=false'})",
