@@ -7,7 +7,7 @@ One run measures, for every implementation x mode:
   latency  ms per batch-1 inference (CPU only: on a GPU batch 1 measures launch overhead, not the model)
 
 and the peak memory of each (weights, gradients, optimizer state, input and activations): on CUDA the
-allocator's own count, on the CPU the bytes the case holds after warm-up (glibc's count of allocated
+allocator's own count (for CUDA-graph modes the peak of capturing, which the graph's memory pool keeps), on the CPU the bytes the case holds after warm-up (glibc's count of allocated
 heap) plus the peak of one profiled step's allocations above that.
 Modes combine ``fp32``/``bf16`` (autocast), ``cl`` (channels_last input and weights) and
 ``compile`` / ``compile:<mode>`` (``torch.compile``, e.g. ``compile:max-autotune`` for CUDA graphs plus
@@ -97,6 +97,11 @@ class Mode:
     compile_mode: str | None  # None: eager
     graph: bool = False  # the whole step (train: TrainStep; infer: GraphedForward) replayed as one CUDA graph
     recipe: bool = False  # train.py's default recipe step (cached uint8 batches, crop/flip, mixup, clip, EMA)
+
+
+def uses_cuda_graphs(mode: Mode) -> bool:
+    """Whether a CUDA step of ``mode`` replays captured graphs (ours, or torch.compile's)."""
+    return mode.graph or mode.recipe or mode.compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def parse_mode(text: str, default_compile_mode: str) -> Mode:
@@ -379,7 +384,9 @@ def prepare(case: Case, args: argparse.Namespace, plan: Plan) -> None:
     cuda = case.device == "cuda"
     try:
         if cuda:
+            gc.collect()  # what earlier cases left behind must not be freed inside this one's count
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             case.mem_base = torch.cuda.memory_allocated()
         else:
             gc.collect()
@@ -392,10 +399,16 @@ def prepare(case: Case, args: argparse.Namespace, plan: Plan) -> None:
             torch.cuda.synchronize()
         case.warmup_s = time.perf_counter() - begin
         if cuda:  # one more step from a clean peak: compile-time autotuning buffers do not count
+            setup_peak = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             case.step()
             torch.cuda.synchronize()
-            case.peak_mib = (torch.cuda.max_memory_allocated() - case.mem_base) / 2**20
+            peak = torch.cuda.max_memory_allocated()
+            # A CUDA graph's activations live in its private pool, allocated while it was captured (in
+            # the warm-up) and free, not "allocated", between replays: a replay's own peak misses them.
+            if uses_cuda_graphs(case.mode):
+                peak = max(peak, setup_peak)
+            case.peak_mib = (peak - case.mem_base) / 2**20
         else:
             held = heap_allocated()
             step_peak = step_peak_bytes(case.step)

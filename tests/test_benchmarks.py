@@ -153,3 +153,23 @@ def test_conv_census_times_every_convolution_of_a_step(tmp_path: Path, monkeypat
     # 2 x 3 x 64 x 64 in, 16 x 3 x 3 x 3 weights, 2 x 16 x 32 x 32 out, float32
     assert stem["bytes"] == (2 * 3 * 64 * 64 + 16 * 3 * 9 + 2 * 16 * 32 * 32) * 4
     assert stem["flops"] == 2 * 2 * 32 * 32 * 16 * 3 * 9
+
+
+@pytest.mark.parametrize(
+    ("mode", "graphed"),
+    [
+        ("bf16+cl", False),
+        ("bf16+cl+compile", False),
+        ("bf16+cl+graph", True),
+        ("bf16+cl+graph+recipe", True),
+        ("bf16+cl+compile+graph", True),
+        ("bf16+cl+compile:reduce-overhead", True),
+        ("bf16+cl+compile:max-autotune", True),
+    ],
+)
+def test_graphed_modes_count_their_capture_in_the_peak(
+    monkeypatch: pytest.MonkeyPatch, mode: str, graphed: bool
+) -> None:
+    """A replay allocates nothing: for these modes the peak memory is taken over the capture too."""
+    bench = _bench_models(monkeypatch)
+    assert bench.uses_cuda_graphs(bench.parse_mode(mode, "default")) is graphed
