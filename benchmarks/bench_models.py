@@ -7,8 +7,9 @@ One run measures, for every implementation x mode:
   latency  ms per batch-1 inference (CPU only: on a GPU batch 1 measures launch overhead, not the model)
 
 and the peak memory of each (weights, gradients, optimizer state, input and activations): on CUDA the
-allocator's own count (for CUDA-graph modes the peak of capturing, which the graph's memory pool keeps), on the CPU the bytes the case holds after warm-up (glibc's count of allocated
-heap) plus the peak of one profiled step's allocations above that.
+allocator's own count (for CUDA-graph modes the peak of capturing, which the graph's memory pool
+keeps), on the CPU the bytes the case holds after warm-up (glibc's count of allocated heap) plus the
+peak of one profiled step's allocations above that.
 Modes combine ``fp32``/``bf16`` (autocast), ``cl`` (channels_last input and weights) and
 ``compile`` / ``compile:<mode>`` (``torch.compile``, e.g. ``compile:max-autotune`` for CUDA graphs plus
 autotuning). ``ours-fused`` is this package's model after ``fuse_for_inference`` (BatchNorm folded,
@@ -16,8 +17,9 @@ channels-last weights; on the CPU its convolutions run as pre-packed oneDNN kern
 it has no training row. Two A/B baselines run only when asked for: ``ours-ref`` is ours with the
 MobileViT block computed as Fig. 1b draws it (the block's fast path), ``ours-fused-ref`` is
 ``ours-fused`` with PyTorch's own convolution op (the CPU kernels). ``ours-fnorm`` (training only,
-also on request) is ours with ``train.py fused_norm=true``: BatchNorm + SiLU as fused Triton kernels,
-which apply on CUDA in channels-last modes without compile (elsewhere it is ours). The table's
+also on request) is what ``train.py`` trains on a GPU (``fused_norm=true``, the default there): BatchNorm
++ SiLU as fused Triton kernels, which apply on CUDA in channels-last modes without compile (elsewhere it
+is ours); ``ours-lpln`` adds ``layernorm_low_precision=true`` (LayerNorm in autocast's dtype). The table's
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
@@ -65,6 +67,7 @@ from mobilevit_torch.cli import keep_freed_memory  # noqa: E402
 from mobilevit_torch.graphed import GraphedForward  # noqa: E402
 from mobilevit_torch.layers import ConvNormAct  # noqa: E402
 from mobilevit_torch.layers.fused_norm import set_fused_norm  # noqa: E402
+from mobilevit_torch.layers.layer_norm import set_low_precision_layernorm  # noqa: E402
 from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig  # noqa: E402
@@ -74,11 +77,12 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
-IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-fused", "ours-fused-ref", "timm", "hf")
+IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "timm", "hf")
 DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
-TRAINABLE = ("ours", "ours-ref", "ours-fnorm", "timm", "hf")
-TRAIN_ONLY = ("ours-fnorm",)  # its inference is ours exactly (the kernels are for training)
+TRAINABLE = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "timm", "hf")
+TRAIN_ONLY = ("ours-fnorm", "ours-lpln")  # train.py's switches; the fused kernels are for training only
 SHIPPED = ("ours", "ours-fnorm", "ours-fused")  # what the package offers; the -ref rows are only A/B baselines
+TRAIN_PY_IMPL = "ours-fnorm"  # the model train.py trains on a GPU (fused_norm=true by default)
 PHASES = ("train", "infer", "latency")
 # transformers' MobileViTConfig for each variant (the sizes its ml-cvnets conversion script uses).
 HF_CONFIGS: dict[str, dict[str, Any]] = {
@@ -187,9 +191,11 @@ def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
             if isinstance(module, MobileViTBlock):
                 module.forward = types.MethodType(reference_block_forward, module)
         return model
-    if impl == "ours-fnorm":
+    if impl in ("ours-fnorm", "ours-lpln"):
         model = mvt.create_model(f"mobilevit_{variant}", **off)
         set_fused_norm(model)
+        if impl == "ours-lpln":
+            set_low_precision_layernorm(model)
         return model
     if impl in ("ours-fused", "ours-fused-ref"):
         model = fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
@@ -581,7 +587,7 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
     training target: ours with train.py's GPU defaults against timm's best compiled mode."""
     lines = []
     for case in cases:
-        if (case.device, case.phase, case.impl, case.mode.name) != ("cuda", "train", "ours", train_py_mode):
+        if (case.device, case.phase, case.impl, case.mode.name) != ("cuda", "train", TRAIN_PY_IMPL, train_py_mode):
             continue
         compiled = [
             c for c in cases if (c.device, c.phase, c.impl) == ("cuda", "train", "timm") and c.mode.compile_mode
@@ -590,12 +596,13 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
         if value(case) is not None and compiled:
             best = max(compiled, key=lambda c: value(c) or 0.0)
             lines.append(
-                f"cuda train, train.py defaults [{train_py_mode}]: ours {value(case):,.1f} img/s / "
+                f"cuda train, train.py defaults [{train_py_mode}]: {TRAIN_PY_IMPL} {value(case):,.1f} img/s / "
                 f"timm best compiled [{best.mode.name}] {value(best):,.1f} img/s = {value(case) / value(best):.2f}"  # type: ignore[operator]
             )
     ab_pairs = (
         ("ours", "ours-ref", "block fast path"),
         ("ours-fnorm", "ours", "fused BatchNorm+SiLU kernels"),
+        ("ours-lpln", "ours-fnorm", "LayerNorm in autocast's dtype"),
         ("ours-fused", "ours-fused-ref", "oneDNN kernels"),
     )
     for impl, baseline, what in ab_pairs:
@@ -778,7 +785,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    torch.backends.cudnn.benchmark = True  # as train.py: fixed shapes, let cuDNN pick its kernels
+    torch.backends.cudnn.benchmark = True  # fastest kernels (train.py skips the search: same later speed)
     for name in ("cache_size_limit", "recompile_limit"):  # many compiled models of one class in one process
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    torch.backends.cudnn.benchmark = True  # as train.py
+    torch.backends.cudnn.benchmark = True  # the fastest kernels (train.py skips the search: same speed, NOTES)
     element = torch.finfo(getattr(torch, args.dtype)).bits // 8
 
     convs = record_convolutions(args.variant, args.img_size)

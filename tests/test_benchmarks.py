@@ -29,7 +29,7 @@ def test_bench_models_cpu_table_json_and_ratios(
     bench = _bench_models(monkeypatch)
     args = [
         "--device", "cpu", "--quick", "--img-size", "64", "--cpu-batch", "2",
-        "--impl", "ours,ours-fnorm,ours-fused,ours-fused-ref,timm",
+        "--impl", "ours,ours-fnorm,ours-lpln,ours-fused,ours-fused-ref,timm",
         "--cpu-modes", "fp32,fp32+recipe", "--phases", "train,infer,latency",
         "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md"),
     ]  # fmt: skip
@@ -47,8 +47,9 @@ def test_bench_models_cpu_table_json_and_ratios(
     recipe = results[("ours", "fp32+recipe", "train")]
     assert recipe["status"] == "ok" and recipe["value"] > 0
     # The fused-norm row is training only (its inference is ours exactly); on the CPU it falls back to ours.
-    assert results[("ours-fnorm", "fp32", "train")]["status"] == "ok"
-    assert ("ours-fnorm", "fp32", "infer") not in results
+    for impl in ("ours-fnorm", "ours-lpln"):  # train.py's GPU switches
+        assert results[(impl, "fp32", "train")]["status"] == "ok"
+        assert (impl, "fp32", "infer") not in results
     # The folded model has no training row; its latency and throughput are ratios against timm's.
     assert ("ours-fused", "fp32", "train") not in results
     fused = results[("ours-fused", "fp32", "latency")]
@@ -70,6 +71,7 @@ def test_bench_models_cpu_table_json_and_ratios(
     assert "cpu latency eager vs eager" in out
     assert "oneDNN kernels, ours-fused / ours-fused-ref" in out  # the A/B of the CPU kernels
     assert "fused BatchNorm+SiLU kernels, ours-fnorm / ours" in out
+    assert "LayerNorm in autocast's dtype, ours-lpln / ours-fnorm" in out
 
 
 def _module(name: str):

@@ -70,7 +70,9 @@ def test_keras_recipe_resizes_in_proportion_to_the_crop(img_size: int, resized: 
     assert train_cache_size(config.recipe, Preprocessing(input_size=img_size)) == resized
 
 
-@pytest.mark.parametrize(("key", "default"), [("cudnn_benchmark", False), ("fused_norm", True)])
+@pytest.mark.parametrize(
+    ("key", "default"), [("cudnn_benchmark", False), ("fused_norm", True), ("layernorm_low_precision", False)]
+)
 def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         as_default = compose("train", overrides=["data.root=photos"])

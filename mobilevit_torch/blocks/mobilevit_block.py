@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobilevit_torch.blocks.transformer import TransformerEncoderLayer
-from mobilevit_torch.layers import ConvNormAct
+from mobilevit_torch.layers import ConvNormAct, LayerNorm
 
 
 def unfold_patches(x: Tensor, patch_h: int, patch_w: int) -> Tensor:
@@ -103,7 +103,7 @@ class MobileViTBlock(nn.Module):
                 for _ in range(num_layers)
             ]
         )
-        self.norm = nn.LayerNorm(transformer_dim)
+        self.norm = LayerNorm(transformer_dim)
         self.conv_out = ConvNormAct(transformer_dim, chs, kernel_size=1)
         self.conv_fusion = ConvNormAct(2 * chs, chs, kernel_size=3)
 

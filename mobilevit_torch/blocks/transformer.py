@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mobilevit_torch.layers import DropPath, Mlp, MultiHeadAttention
+from mobilevit_torch.layers import DropPath, LayerNorm, Mlp, MultiHeadAttention
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -28,10 +28,10 @@ class TransformerEncoderLayer(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads=num_heads, attn_drop=attn_drop, proj_drop=dropout)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, hidden_dim=ffn_dim, ffn_drop=ffn_drop, proj_drop=dropout)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

@@ -3,6 +3,7 @@
 from mobilevit_torch.layers.attention import MultiHeadAttention
 from mobilevit_torch.layers.conv_norm_act import ConvNormAct
 from mobilevit_torch.layers.drop_path import DropPath
+from mobilevit_torch.layers.layer_norm import LayerNorm
 from mobilevit_torch.layers.mlp import Mlp
 
-__all__ = ["ConvNormAct", "DropPath", "Mlp", "MultiHeadAttention"]
+__all__ = ["ConvNormAct", "DropPath", "LayerNorm", "Mlp", "MultiHeadAttention"]

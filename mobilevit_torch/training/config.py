@@ -85,6 +85,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the GPU supports it (fp16 + GradScaler otherwise); off on CPU
     channels_last: bool = True
     fused_norm: bool = True  # CUDA: BatchNorm + SiLU as fused Triton kernels in training (layers/fused_norm.py)
+    layernorm_low_precision: bool = False  # autocast: LayerNorms in bf16/fp16, not float32 (layers/layer_norm.py)
     log_every: int = 20  # steps between progress-bar updates (each is a host sync)
     progress: bool = True
     tensorboard: bool = True

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
+from mobilevit_torch.layers.layer_norm import set_low_precision_layernorm
 from mobilevit_torch.registry import create_model
 from mobilevit_torch.training.checkpoint import (
     CheckpointWriter,
@@ -171,6 +172,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         blocked = fused_norm_blocked(device, channels_last=config.channels_last, compiled=config.compile)
         state = f"on ({set_fused_norm(model)} units)" if blocked is None else f"off ({blocked})"
         logger.info("fused BatchNorm+SiLU kernels: %s", state)
+    if config.layernorm_low_precision:
+        blocked = "amp is off" if amp_dtype is None else "torch.compile fuses the casts" if config.compile else None
+        state = f"on ({set_low_precision_layernorm(model)} LayerNorms)" if blocked is None else f"off ({blocked})"
+        logger.info("LayerNorm in autocast's dtype: %s", state)
 
     # ---- resume ------------------------------------------------------------------------------
     start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
