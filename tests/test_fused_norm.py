@@ -7,7 +7,6 @@ with ``TRITON_INTERPRET=1`` (Triton's interpreter on CPU tensors), so CI checks 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -21,8 +20,7 @@ from torch import nn
 import mobilevit_torch as mvt
 from mobilevit_torch.layers import ConvNormAct
 from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE, fused_norm_applies, set_fused_norm
-from mobilevit_torch.training.loop import train
-from tests.train_helpers import make_folder, tiny_config
+from tests.train_helpers import check_switch_is_off
 
 # ([B, C, H, W], SiLU after BatchNorm): rows not a whole number of tiles, channels not a power of two,
 # several programs per channel block (the merge of partial statistics), more channels than one block.
@@ -188,16 +186,8 @@ def test_the_flag_changes_nothing_where_the_kernels_do_not_apply() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_train_on_a_cpu_says_why_the_switch_is_off(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "photos", per_class=4, odd_files=False)
-    records = {}
-    for fused in (False, True):
-        config = tiny_config(tmp_path, folder, epochs=1, fused_norm=fused, channels_last=True)
-        run = tmp_path / f"run_{fused}"
-        train(config, run)
-        log = (run / "train.log").read_text()
-        assert ("fused BatchNorm+SiLU kernels: off (they run on CUDA GPUs only)" in log) is fused
-        records[fused] = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records[True] == records[False]
+    message = "fused BatchNorm+SiLU kernels: off (they run on CUDA GPUs only)"
+    check_switch_is_off(tmp_path, "fused_norm", message, channels_last=True)
 
 
 if __name__ == "__main__":  # the interpreter run (TRITON_INTERPRET=1 must be set before triton is imported)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from torch import nn
 import mobilevit_torch as mvt
 from mobilevit_torch.layers import LayerNorm
 from mobilevit_torch.layers.layer_norm import set_low_precision_layernorm
-from mobilevit_torch.training.loop import train
-from tests.train_helpers import make_folder, tiny_config
+from tests.train_helpers import check_switch_is_off
 
 
 def _pair(dim: int = 24) -> tuple[LayerNorm, nn.LayerNorm]:
@@ -69,16 +67,7 @@ def test_every_transformer_layernorm_is_switched() -> None:
 
 
 def test_train_says_why_the_switch_is_off_without_amp(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "photos", per_class=4, odd_files=False)
-    losses = {}
-    for switch in (False, True):
-        config = tiny_config(tmp_path, folder, epochs=1, layernorm_low_precision=switch)
-        run = tmp_path / f"run_{switch}"
-        train(config, run)
-        log = (run / "train.log").read_text()
-        assert ("LayerNorm in autocast's dtype: off (amp is off)" in log) is switch
-        losses[switch] = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert losses[True] == losses[False]
+    check_switch_is_off(tmp_path, "layernorm_low_precision", "LayerNorm in autocast's dtype: off (amp is off)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

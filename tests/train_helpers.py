@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mobilevit_torch.training.config import TrainConfig, config_from_dict
+from mobilevit_torch.training.loop import train
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -91,3 +93,16 @@ def as_overrides(config: TrainConfig) -> list[str]:
 
     walk("", config)
     return flat
+
+
+def check_switch_is_off(tmp_path: Path, key: str, message: str, **overrides: Any) -> None:
+    """A one-epoch CPU run with ``key`` false and true: the true run logs ``message`` (why the switch is
+    off there) and both train alike."""
+    folder = make_folder(tmp_path / "photos", per_class=4, odd_files=False)
+    losses = {}
+    for switch in (False, True):
+        run = tmp_path / f"run_{switch}"
+        train(tiny_config(tmp_path, folder, epochs=1, **{key: switch}, **overrides), run)
+        assert (message in (run / "train.log").read_text()) is switch
+        losses[switch] = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses[True] == losses[False]
