@@ -228,6 +228,21 @@ def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
         load_model_from_checkpoint(tmp_path / "plain.pt")
 
 
+def test_a_checkpoint_with_the_wrong_number_of_class_names_says_so(
+    setup: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-edited list that no longer matches the classifier is dropped with a warning, not silently."""
+    payload = torch.load(setup["checkpoint"], weights_only=True)
+    payload["class_names"] = MODEL_CLASSES[:2]
+    edited = save_checkpoint(tmp_path / "edited.pt", payload)
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        model = load_model_from_checkpoint(edited)
+    assert "class names left out" in caplog.text and "2 names for 3 outputs" in caplog.text
+    assert model.class_names is None
+    ranked = predict_images(model, sorted(setup["folder"].rglob("*.*"))[:1], topk=3)[0]
+    assert sorted(name for name, _ in ranked) == ["0", "1", "2"]
+
+
 def test_predict_images_ranks_classes_by_probability(setup: dict, tmp_path: Path) -> None:
     model = setup["model"]
     paths = sorted(setup["folder"].rglob("*.*"))[:3]

@@ -203,8 +203,16 @@ def load_into(model: nn.Module, weights: LoadedWeights, *, part: bool = False) -
             logger.warning("classifier left out (num_classes=0, features only): %s has %s", weights.source, have)
         else:
             logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
-    elif not part and weights.class_names is not None and len(weights.class_names) == num_classes:
-        model.class_names = list(weights.class_names)
+    elif not part and weights.class_names is not None:
+        if len(weights.class_names) == num_classes:
+            model.class_names = list(weights.class_names)
+        else:
+            logger.warning(
+                "class names left out: %s lists %d names for %d outputs, so predictions will show class ids",
+                weights.source,
+                len(weights.class_names),
+                num_classes,
+            )
     if weights.preprocessing is not None:
         model.preprocessing = weights.preprocessing
 
