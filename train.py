@@ -23,15 +23,16 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @user_errors
 def main(cfg: DictConfig) -> float | None:
-    from mobilevit_torch.training.config import config_from_dict
-    from mobilevit_torch.training.loop import holds_run, train
-    from mobilevit_torch.training.resume import resume_settings
+    from mobilevit_torch.training.config import config_from_dict  # torch-free: a wrong setting is told at once
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         settings = OmegaConf.to_container(cfg, resolve=True)
         config = config_from_dict(settings).validate().check_paths()
+        from mobilevit_torch.training.loop import holds_run, train  # torch, torchvision: seconds
+        from mobilevit_torch.training.resume import resume_settings
+
         if config.resume:  # the checkpoint's settings, and the command line's where it set them
             config = config_from_dict(resume_settings(settings, explicit_keys(cfg))).validate().check_paths()
         elif not holds_run(output_dir):  # a folder that holds a run keeps its record (train() refuses it)

@@ -30,29 +30,52 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from omegaconf.errors import OmegaConfBaseException
-
-        from mobilevit_torch.data.folder import DataError
-        from mobilevit_torch.registry import UnknownModelError
-        from mobilevit_torch.training.checkpoint import CheckpointError, CheckpointWriteError
-        from mobilevit_torch.training.config import ConfigError
-        from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted
-        from mobilevit_torch.weights import WeightsError
-
         try:
             return fn(*args, **kwargs)
-        except TrainingInterrupted as err:
-            fail(str(err), 128 + int(err.signum))
-        except (TrainingDiverged, CheckpointWriteError) as err:
-            fail(str(err), 1)
-        except (ConfigError, CheckpointError, DataError, WeightsError, UnknownModelError, FileNotFoundError) as err:
-            fail(str(err), 2)
-        except OmegaConfBaseException as err:
-            fail(str(err).splitlines()[0], 2)
         except KeyboardInterrupt:
             fail("interrupted", 128 + signal.SIGINT)
+        except Exception as err:
+            code = _exit_code(err)
+            if code is None:
+                raise
+            fail(_one_line(err), code)
 
     return wrapper  # type: ignore[return-value]
+
+
+# The errors a command line reports as one line, by the module that defines them and the exit status
+# (None: 128 + the signal's number). Looked up in sys.modules, not imported: an error whose module was
+# never imported cannot have been raised, and importing these modules means importing torch (seconds),
+# which a mistake caught before any of them ran should not wait for.
+_USER_ERRORS: tuple[tuple[str, str, int | None], ...] = (
+    ("mobilevit_torch.training.loop", "TrainingInterrupted", None),
+    ("mobilevit_torch.training.loop", "TrainingDiverged", 1),
+    ("mobilevit_torch.training.checkpoint", "CheckpointWriteError", 1),
+    ("mobilevit_torch.training.checkpoint", "CheckpointError", 2),
+    ("mobilevit_torch.training.config", "ConfigError", 2),
+    ("mobilevit_torch.data.folder", "DataError", 2),
+    ("mobilevit_torch.weights.layouts", "WeightsError", 2),
+    ("mobilevit_torch.registry", "UnknownModelError", 2),
+    ("omegaconf.errors", "OmegaConfBaseException", 2),
+    ("builtins", "FileNotFoundError", 2),
+)
+
+
+def _exit_code(err: Exception) -> int | None:
+    """The exit status for a user-facing error, or None for anything else (a bug: its traceback shows)."""
+    for module_name, class_name, code in _USER_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(err, getattr(module, class_name)):
+            return 128 + int(err.signum) if code is None else code  # type: ignore[attr-defined]
+    return None
+
+
+def _one_line(err: Exception) -> str:
+    """OmegaConf's errors carry a multi-line report of where in the config they arose: its first line."""
+    omegaconf_errors = sys.modules.get("omegaconf.errors")
+    if omegaconf_errors is not None and isinstance(err, omegaconf_errors.OmegaConfBaseException):
+        return str(err).splitlines()[0]
+    return str(err)
 
 
 # mallopt(3) parameters (glibc's malloc.h).

@@ -112,6 +112,26 @@ def test_wrong_override_is_one_short_line(override: str, message: str) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["epochs=abc", "data.root=/no/such/photos", "resume=/no/such/last.pt", "pretrained=/no/such/weights.pt"],
+)
+def test_a_wrong_setting_is_told_before_torch_is_imported(override: str, tmp_path: Path) -> None:
+    """Settings and paths are checked before torch (seconds to import) is loaded: a typo is answered at once."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', 'data=imagefolder', 'data.root=.', {override!r}, 'hydra.run.dir={tmp_path}/run']\n"
+        "try:\n"
+        "    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.stdout.splitlines()[-2:] == ["exit 2", "torch imported: False"], done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_missing_data_root_is_named(tmp_path: Path) -> None:
     result = run_train("data=imagefolder", "data.root=/no/such/photos", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode == 2 and "/no/such/photos" in result.stderr

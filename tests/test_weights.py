@@ -399,14 +399,15 @@ def test_missing_file() -> None:
 def test_local_looking_names_are_not_hub_ids(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``owner/name`` that reads as a local path (a weights suffix, or an existing first folder) is a missing
     file, not a hub download."""
+    from mobilevit_torch import hub_ids
     from mobilevit_torch.weights import loading
 
     monkeypatch.setattr(loading, "_read_hub", lambda *args: pytest.fail(f"{name} was fetched from the hub"))
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    assert not loading.is_hub_id(name)
+    assert not hub_ids.is_hub_id(name)
     with pytest.raises(FileNotFoundError, match=f"pretrained weights not found: {name}"):
         create_model("mobilevit_xxs", pretrained=name)
-    assert loading.is_hub_id("timm/mobilevit_xxs.cvnets_in1k") and loading.is_hub_id("apple/mobilevit-xx-small")
+    assert hub_ids.is_hub_id("timm/mobilevit_xxs.cvnets_in1k") and hub_ids.is_hub_id("apple/mobilevit-xx-small")
 
 
 def test_hub_offline_says_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mobilevit_torch.weights.loading import is_hub_id
+from mobilevit_torch.hub_ids import is_hub_id
 
 
 class ConfigError(ValueError):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mobilevit_torch.hub_ids import WEIGHT_SUFFIXES, is_hub_id
 from mobilevit_torch.preprocessing import APPLE_IMAGENET, TIMM_IMAGENET, Preprocessing
 from mobilevit_torch.weights.input_conv import STEM_WEIGHT, adapt_input_conv
 from mobilevit_torch.weights.layouts import (
@@ -40,9 +41,7 @@ PUBLISHED: dict[str, dict[str, str]] = {
 }
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".tar")
 _SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; safetensors refuses longer headers
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -94,18 +93,6 @@ def read_pretrained(model_name: str, pretrained: bool | str | Path) -> LoadedWei
             f"use create_model({weights.model_name!r}, pretrained=...)"
         )
     return weights
-
-
-def is_hub_id(value: str) -> bool:
-    """Whether ``value`` (which names nothing on disk) is to be fetched from the Hugging Face hub.
-
-    ``owner/name`` is a hub id unless it reads as a local path: it starts with ``.``, ``/`` or ``~``,
-    ends like a weights file (``runs/best.pt``), or its first part is an existing local folder."""
-    if not _HUB_ID.match(value) or value.startswith((".", "/", "~")):
-        return False
-    if value.lower().endswith(_WEIGHT_SUFFIXES):
-        return False
-    return not Path(value.split("/", 1)[0]).is_dir()
 
 
 def read_weights(path: Path) -> LoadedWeights:
@@ -221,7 +208,7 @@ def _find_weights_file(directory: Path) -> Path:
     for name in _WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
-    candidates = sorted(p for p in directory.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    candidates = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "none"
