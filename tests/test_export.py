@@ -313,6 +313,8 @@ def test_conversion_log_that_cannot_be_kept_says_so(tmp_path: Path, monkeypatch:
         ({"format": "onnx", "model": "xxs", "seed": 1.5}, "seed must be an integer, got 1.5"),
         ({"format": "onnx", "model": "xxs", "seed": -1}, "seed must be >= 0, got -1"),
         ({"format": "onnx", "model": "xxs", "pretrained": "/no/weights.pt"}, "pretrained weights not found"),
+        # owner/name, but a weights file's name: a missing local file, not a hub repository to download
+        ({"format": "onnx", "model": "xxs", "pretrained": "runs/best.pt"}, "pretrained weights not found: runs/best"),
         ({"format": "onnx", "checkpoint": "/no/such/best.pt"}, "checkpoint not found: /no/such/best.pt"),
     ],
 )

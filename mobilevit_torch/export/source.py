@@ -9,7 +9,6 @@ is loaded; errors are :class:`ExportError` with one line that says what to pass 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,12 @@ from typing import Any
 from torch import nn
 
 from mobilevit_torch.export.errors import ExportError
+from mobilevit_torch.hub_ids import is_hub_id
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
 from mobilevit_torch.training.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
 from mobilevit_torch.weights import WeightsError, read_pretrained
 
 logger = logging.getLogger("mobilevit_torch")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -68,7 +65,7 @@ def resolve_source(
             raise ExportError("nothing to export: pass checkpoint=PATH, or model=xxs|xs|s (with pretrained=PATH)")
         if pretrained not in (None, False, True):
             pretrained = str(pretrained)
-            if not Path(pretrained).expanduser().exists() and not _HUB_ID.match(pretrained):
+            if not Path(pretrained).expanduser().exists() and not is_hub_id(pretrained):
                 raise ExportError(f"pretrained weights not found: {pretrained} (no such file or folder)")
         name = registry_name(model)
         if pretrained and num_classes is not None:
