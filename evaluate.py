@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from mobilevit_torch.cli import keep_freed_memory, non_negative_int, one_line, positive_int
+from mobilevit_torch.files import existing_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
+    try:
+        existing_path(args.checkpoint, "checkpoint")  # before torch's import (seconds): a typo is told at once
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # Imported after parsing so --help answers without loading torch.
     from tqdm.contrib.logging import logging_redirect_tqdm
 

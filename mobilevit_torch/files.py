@@ -1,4 +1,5 @@
 """Atomic file writes: checkpoints, decode caches, splits, metrics, export sidecars and downloads.
+And :func:`existing_path`, the torch-free check that a named file is there.
 
 Each is written to a temporary file in the target's folder and renamed over the target only once
 it is complete, so a reader (or a resumed run after a crash) never sees half a file.
@@ -48,3 +49,13 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def existing_path(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` with ``~`` expanded; FileNotFoundError ``"<what> not found: <path>"`` when nothing is there.
+
+    Torch-free, so that a command line can say a named file is missing before it imports torch."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobilevit_torch.files import atomic_write
+from mobilevit_torch.files import atomic_write, existing_path
 from mobilevit_torch.weights import CHECKPOINT_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         NotACheckpointError: a readable file that is not a mobilevit-torch training checkpoint.
         CheckpointError: a folder, an unreadable file, or a checkpoint that names no model or holds no weights.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = existing_path(path, "checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {path / 'best.pt'})")
     try:
