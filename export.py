@@ -9,6 +9,7 @@ status 2 (an unknown key too, before Hydra starts); a failed conversion or parit
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -47,20 +48,28 @@ def main(cfg: DictConfig) -> None:
     # Our progress at INFO; the converters' own chatter (onnxscript's optimiser, ...) only when it warns.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("mobilevit_torch").setLevel(logging.INFO)
-    from mobilevit_torch.export import ConversionError, ExportError, ParityError, export_model
+    from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError
+    from mobilevit_torch.export.request import check_arguments
 
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     data = config.pop("data") or {}
     model = config.pop("model")  # model=xxs composes conf/model/xxs.yaml; only its registry name matters here
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    arguments = {
+        **config,
+        "model": model["name"] if isinstance(model, dict) else model,
+        "data_root": data.get("root") if isinstance(data, dict) else data,
+        "output_dir": run_dir,
+    }
     try:
-        result = export_model(
-            **config,
-            model=model["name"] if isinstance(model, dict) else model,
-            data_root=data.get("root") if isinstance(data, dict) else data,
-            output_dir=run_dir,
-        )
+        # The checks that need no model first, torch-free: a wrong setting is told at once, not after
+        # the seconds torch takes to import. export_model runs them again, with the rest.
+        checked = inspect.signature(check_arguments).parameters
+        check_arguments(**{key: value for key, value in arguments.items() if key in checked})
+        from mobilevit_torch.export.exporter import export_model
+
+        result = export_model(**arguments)
     except ExportError as error:
         fail(" ".join(str(error).split()), 2)
     except (ConversionError, ParityError) as error:

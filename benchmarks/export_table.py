@@ -43,9 +43,10 @@ from mobilevit_torch.export.errors import ConversionError, ExportError  # noqa: 
 from mobilevit_torch.export.exporter import pytorch_logits  # noqa: E402
 from mobilevit_torch.export.images import load_images, pick_images, training_split  # noqa: E402
 from mobilevit_torch.export.parity import compare  # noqa: E402
+from mobilevit_torch.export.request import DEFAULT_OPSET  # noqa: E402
 from mobilevit_torch.export.runtime import builtin_operators, open_runner  # noqa: E402
 from mobilevit_torch.export.source import load_model, resolve_source  # noqa: E402
-from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, export_onnx  # noqa: E402
+from mobilevit_torch.export.to_onnx import export_onnx  # noqa: E402
 from mobilevit_torch.export.to_tflite import (  # noqa: E402
     PRECISIONS,
     convert_onnx_to_tflite,

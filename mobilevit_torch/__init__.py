@@ -7,8 +7,9 @@ does not import torch: ``python evaluate.py --help`` answers at once.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mobilevit_torch.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,13 +46,4 @@ if TYPE_CHECKING:
     from mobilevit_torch.weights import WeightsError
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # looked up once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

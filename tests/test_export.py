@@ -485,6 +485,21 @@ def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: P
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+def test_cli_argument_errors_are_told_before_torch_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['export.py', 'format=onnx', 'model=xxs', 'opset=abc', 'hydra.run.dir={tmp_path}/run']\n"
+        "try:\n"
+        "    runpy.run_path('export.py', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-2:] == ["exit 2", "torch imported: False"], done.stdout + done.stderr
+    assert done.stderr.strip() == "error: opset must be an integer, got 'abc'"
+
+
 def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cli" / "m.onnx"
     done = _cli("format=onnx", f"checkpoint={assets['mobilevit_xxs']}", f"output={out}", "check_images=2",

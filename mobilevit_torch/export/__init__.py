@@ -8,11 +8,34 @@ Heavy packages (onnx, onnxruntime, onnx2tf, TensorFlow, LiteRT) are imported onl
 needs them; a missing one fails with the install command.
 """
 
-from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError
-from mobilevit_torch.export.exporter import ExportResult, export_model
-from mobilevit_torch.export.formats import FORMATS, ExportFormat
-from mobilevit_torch.export.parity import AGREEMENT_AIMS, TOLERANCES, ParityReport
-from mobilevit_torch.export.runtime import open_runner
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mobilevit_torch.lazy import lazy_exports
+
+# Imported on first use (PEP 562), as the top-level package does: export.py checks its arguments with
+# the torch-free ``request`` module before anything here loads torch.
+_EXPORTS = {
+    "ConversionError": "mobilevit_torch.export.errors",
+    "ExportError": "mobilevit_torch.export.errors",
+    "ParityError": "mobilevit_torch.export.errors",
+    "ExportResult": "mobilevit_torch.export.exporter",
+    "export_model": "mobilevit_torch.export.exporter",
+    "FORMATS": "mobilevit_torch.export.formats",
+    "ExportFormat": "mobilevit_torch.export.formats",
+    "AGREEMENT_AIMS": "mobilevit_torch.export.parity",
+    "TOLERANCES": "mobilevit_torch.export.parity",
+    "ParityReport": "mobilevit_torch.export.parity",
+    "open_runner": "mobilevit_torch.export.runtime",
+}
+
+if TYPE_CHECKING:
+    from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError
+    from mobilevit_torch.export.exporter import ExportResult, export_model
+    from mobilevit_torch.export.formats import FORMATS, ExportFormat
+    from mobilevit_torch.export.parity import AGREEMENT_AIMS, TOLERANCES, ParityReport
+    from mobilevit_torch.export.runtime import open_runner
 
 __all__ = [
     "AGREEMENT_AIMS",
@@ -27,3 +50,6 @@ __all__ = [
     "export_model",
     "open_runner",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +20,13 @@ from torch import Tensor, nn
 
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError, require_modules
-from mobilevit_torch.export.formats import ExportJob, check_precision, get_format
+from mobilevit_torch.export.formats import FORMATS, ExportJob
 from mobilevit_torch.export.images import load_images, pick_images, random_inputs, training_split
 from mobilevit_torch.export.parity import ParityReport, compare
+from mobilevit_torch.export.request import CALIBRATED, DEFAULT_OPSET, check_arguments
 from mobilevit_torch.export.runtime import builtin_operators, open_runner
 from mobilevit_torch.export.sidecar import labels_path, sidecar_path, write_sidecar
 from mobilevit_torch.export.source import checkpoint_data_root, load_model, resolve_source
-from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from mobilevit_torch.export.to_tflite import CALIBRATED
 
 logger = logging.getLogger("mobilevit_torch")
 
@@ -100,26 +98,20 @@ def export_model(
             ``<stem>.parity-failed<suffix>`` beside the output path, which is left as it was.
     """
     # -- check everything before any work --------------------------------------------------------
-    fmt = get_format(format)
-    check_precision(fmt, precision)
-    _check_int("opset", opset, low=MIN_OPSET, high=MAX_OPSET)
-    if img_size is not None:
-        _check_int("img_size", img_size, low=32)
-        if img_size % 32:
-            raise ExportError(f"img_size must be a multiple of 32 (the network's stride), got {img_size}")
-    if not isinstance(dynamic_batch, bool):
-        raise ExportError(f"dynamic_batch must be true or false, got {dynamic_batch!r}")
-    if dynamic_batch and fmt.name != "onnx":
-        raise ExportError(f"dynamic_batch applies to format=onnx; a {fmt.name} file has batch 1")
-    _check_int("calib_images", calib_images, low=1)
-    _check_int("check_images", check_images, low=1)
-    _check_int("seed", seed, low=0)
-    if output is not None and Path(output).expanduser().is_dir():
-        raise ExportError(f"output={output} is a folder: name the file, e.g. output={output}/model{fmt.suffix}")
-    if output is not None and Path(output).suffix != fmt.suffix:
-        raise ExportError(f"output {output} must end in {fmt.suffix} for format={fmt.name}")
-    if data_root is not None and not Path(data_root).expanduser().is_dir():
-        raise ExportError(f"data.root: no such folder: {data_root}")
+    fmt = FORMATS[
+        check_arguments(
+            format=format,
+            precision=precision,
+            opset=opset,
+            img_size=img_size,
+            dynamic_batch=dynamic_batch,
+            calib_images=calib_images,
+            check_images=check_images,
+            seed=seed,
+            output=output,
+            data_root=data_root,
+        ).name
+    ]
     source = resolve_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)
     implicit_root = data_root is None and (found := checkpoint_data_root(source)) is not None
     if implicit_root:
@@ -304,11 +296,3 @@ def check_output_folder(path: Path) -> None:
             pass
     except OSError as error:
         raise ExportError(f"output={path}: cannot write in {folder} ({error.strerror or error})") from None
-
-
-def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ExportError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        span = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ExportError(f"{name} must be {span}, got {value}")

@@ -11,9 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mobilevit_torch.export.errors import ONNX_MODULES, TFLITE_MODULES, ExportError
+from mobilevit_torch.export.request import SPECS, FormatSpec
 from mobilevit_torch.export.to_onnx import export_onnx
-from mobilevit_torch.export.to_tflite import PRECISIONS as TFLITE_PRECISIONS
 from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, export_tflite_onnx, onnx2tf_sample
 
 
@@ -32,11 +31,9 @@ class ExportJob:
 
 
 @dataclass(frozen=True)
-class ExportFormat:
-    name: str
-    suffix: str
-    precisions: tuple[str, ...]
-    modules: dict[str, str]  # import name -> package, checked before any work
+class ExportFormat(FormatSpec):
+    """A format's spec (``request.SPECS``: suffix, precisions, packages) and the function that writes it."""
+
     write: Callable[[ExportJob], dict[str, Any]]  # writes job.output, returns what the sidecar records about it
 
 
@@ -66,23 +63,8 @@ def _write_tflite(job: ExportJob) -> dict[str, Any]:
     }
 
 
+_WRITERS = {"onnx": _write_onnx, "tflite": _write_tflite}
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", ("fp32",), ONNX_MODULES, _write_onnx),
-    "tflite": ExportFormat("tflite", ".tflite", TFLITE_PRECISIONS, TFLITE_MODULES, _write_tflite),
+    name: ExportFormat(spec.name, spec.suffix, spec.precisions, spec.modules, _WRITERS[name])
+    for name, spec in SPECS.items()
 }
-
-
-def get_format(name: str) -> ExportFormat:
-    if name not in FORMATS:
-        raise ExportError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
-    return FORMATS[name]
-
-
-def check_precision(fmt: ExportFormat, precision: str) -> None:
-    if precision in fmt.precisions:
-        return
-    others = [f.name for f in FORMATS.values() if precision in f.precisions]
-    hint = f" (precision={precision} is available with format={'|'.join(others)})" if others else ""
-    raise ExportError(
-        f"format={fmt.name} does not support precision={precision}: choose {'|'.join(fmt.precisions)}{hint}"
-    )

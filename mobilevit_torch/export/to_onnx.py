@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from mobilevit_torch.export.errors import ConversionError
+from mobilevit_torch.export.request import DEFAULT_OPSET
 
-MIN_OPSET = 18  # the lowest opset torch 2.14's exporter implements
-MAX_OPSET = 23  # torch.onnx's ONNX_MAX_OPSET in torch 2.14
-DEFAULT_OPSET = 18  # the most widely supported by runtimes and by onnx2tf
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 

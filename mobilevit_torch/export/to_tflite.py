@@ -47,14 +47,13 @@ from mobilevit_torch.export.errors import (
 )
 from mobilevit_torch.export.l2_layernorm import with_l2_layernorms
 from mobilevit_torch.export.parity import TOLERANCES
+from mobilevit_torch.export.request import CALIBRATED, DEFAULT_OPSET
+from mobilevit_torch.export.request import TFLITE_PRECISIONS as PRECISIONS
 from mobilevit_torch.export.tflite_fp16 import choose_float16
-from mobilevit_torch.export.to_onnx import DEFAULT_OPSET, export_onnx
+from mobilevit_torch.export.to_onnx import export_onnx
 
 logger = logging.getLogger("mobilevit_torch")
 
-PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8_mixed", "int8")
-# Calibrated on real images: int8 activations need their ranges.
-CALIBRATED = ("int8_mixed", "int8")
 # onnx2tf looks for exactly this file in its working folder and downloads it when absent.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 WORKER = Path(__file__).with_name("tflite_worker.py")
