@@ -19,7 +19,9 @@ MobileViT block computed as Fig. 1b draws it (the block's fast path), ``ours-fus
 ``ours-fused`` with PyTorch's own convolution op (the CPU kernels). ``ours-fnorm`` (training only,
 also on request) is what ``train.py`` trains on a GPU (``fused_norm=true``, the default there): BatchNorm
 + SiLU as fused Triton kernels, which apply on CUDA in channels-last modes without compile (elsewhere it
-is ours); ``ours-lpln`` adds ``layernorm_low_precision=true`` (LayerNorm in autocast's dtype). The table's
+is ours); ``ours-lpln`` adds ``layernorm_low_precision=true`` (LayerNorm in autocast's dtype).
+``ours-fused-mv2`` (inference, on request) is ``ours-fused`` with every MV2 block as one Triton kernel
+(``set_mv2_kernel``; CUDA, channels-last, without compile; elsewhere it is ``ours-fused``). The table's
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
@@ -62,7 +64,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(REPO))
 
 import mobilevit_torch as mvt  # noqa: E402
-from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches  # noqa: E402
+from mobilevit_torch.blocks import MobileViTBlock, fold_patches, set_mv2_kernel, unfold_patches  # noqa: E402
 from mobilevit_torch.cli import keep_freed_memory  # noqa: E402
 from mobilevit_torch.graphed import GraphedForward  # noqa: E402
 from mobilevit_torch.layers import ConvNormAct  # noqa: E402
@@ -77,7 +79,7 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
-IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "timm", "hf")
+IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "ours-fused-mv2", "timm", "hf")
 DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
 TRAINABLE = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "timm", "hf")
 TRAIN_ONLY = ("ours-fnorm", "ours-lpln")  # train.py's switches; the fused kernels are for training only
@@ -197,8 +199,10 @@ def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
         if impl == "ours-lpln":
             set_low_precision_layernorm(model)
         return model
-    if impl in ("ours-fused", "ours-fused-ref"):
+    if impl in ("ours-fused", "ours-fused-ref", "ours-fused-mv2"):
         model = fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
+        if impl == "ours-fused-mv2":
+            set_mv2_kernel(model)
         if impl == "ours-fused-ref":
             for module in model.modules():
                 if isinstance(module, ConvNormAct):
@@ -604,6 +608,7 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
         ("ours-fnorm", "ours", "fused BatchNorm+SiLU kernels"),
         ("ours-lpln", "ours-fnorm", "LayerNorm in autocast's dtype"),
         ("ours-fused", "ours-fused-ref", "oneDNN kernels"),
+        ("ours-fused-mv2", "ours-fused", "MV2 blocks as one Triton kernel"),
     )
     for impl, baseline, what in ab_pairs:
         pairs = []

@@ -175,3 +175,16 @@ def test_graphed_modes_count_their_capture_in_the_peak(
     """A replay allocates nothing: for these modes the peak memory is taken over the capture too."""
     bench = _bench_models(monkeypatch)
     assert bench.uses_cuda_graphs(bench.parse_mode(mode, "default")) is graphed
+
+
+def test_the_mv2_kernel_row_is_the_folded_model_with_the_kernel_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ours-fused-mv2`` differs from ``ours-fused`` only by the switch (its A/B pair in the summary)."""
+    from mobilevit_torch.blocks import InvertedResidual
+
+    bench = _bench_models(monkeypatch)
+    switches = {
+        impl: [m.mv2_kernel for m in bench.build_model(impl, "xxs", False).modules() if isinstance(m, InvertedResidual)]
+        for impl in ("ours-fused", "ours-fused-mv2")
+    }
+    assert switches == {"ours-fused": [False] * 7, "ours-fused-mv2": [True] * 7}
+    assert "ours-fused-mv2" not in bench.TRAINABLE

@@ -2,6 +2,7 @@
 
 from mobilevit_torch.blocks.inverted_residual import InvertedResidual, make_divisible
 from mobilevit_torch.blocks.mobilevit_block import MobileViTBlock, fold_patches, unfold_patches
+from mobilevit_torch.blocks.mv2_kernel import set_mv2_kernel
 from mobilevit_torch.blocks.transformer import TransformerEncoderLayer
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "TransformerEncoderLayer",
     "fold_patches",
     "make_divisible",
+    "set_mv2_kernel",
     "unfold_patches",
 ]

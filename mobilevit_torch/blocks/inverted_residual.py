@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from mobilevit_torch.blocks.mv2_kernel import mv2_forward, mv2_kernel_applies
 from mobilevit_torch.layers import ConvNormAct, DropPath
 
 
@@ -26,6 +27,8 @@ class InvertedResidual(nn.Module):
     drops the branch per sample in training, in blocks that have a residual only.
     """
 
+    mv2_kernel = False  # folded inference models on a GPU: the whole block as one Triton kernel (set_mv2_kernel)
+
     def __init__(
         self,
         in_chs: int,
@@ -46,6 +49,8 @@ class InvertedResidual(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.use_residual else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.mv2_kernel and mv2_kernel_applies(x, self):
+            return mv2_forward(x, self)
         out = self.project(self.depthwise(self.expand(x)))
         if not self.use_residual:
             return out
