@@ -18,7 +18,7 @@ from torch import nn
 
 import mobilevit_torch as mvt
 from mobilevit_torch.blocks import InvertedResidual, set_mv2_kernel
-from mobilevit_torch.blocks.mv2_kernel import _KernelWeights, mv2_kernel_applies
+from mobilevit_torch.blocks.mv2_kernel import MAX_BLOCK_E, _block_p, mv2_kernel_applies
 from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE
 from mobilevit_torch.models.fuse import fuse_for_inference
 
@@ -155,17 +155,19 @@ def test_kernel_compiles_for_an_h100_and_fits(variant: str, dtype: torch.dtype, 
         blocks = {"widest": max(blocks.values(), key=lambda b: b.expand.conv.out_channels)}
     pointer = "*bf16" if dtype == torch.bfloat16 else "*fp32"
     for block in blocks.values():
-        weights = _KernelWeights(fuse_for_inference(block), dtype, torch.device("cpu"))
+        block = fuse_for_inference(block)
+        set_mv2_kernel(block)
+        (cin, hidden), cout = block.mv2_w_expand.shape, block.mv2_w_project.shape[1]
         constants = dict(
-            STRIDE=block.depthwise.conv.stride[0], RESIDUAL=block.use_residual, CIN=weights.cin,
-            HIDDEN=weights.hidden, BLOCK_E=weights.block_e, COUT=weights.cout, BLOCK_P=weights.block_p,
+            STRIDE=block.depthwise.conv.stride[0], RESIDUAL=block.use_residual, CIN=cin, HIDDEN=hidden,
+            BLOCK_E=min(hidden, MAX_BLOCK_E), COUT=cout, BLOCK_P=_block_p(cin, cout, dtype),
             PRECISION="ieee" if dtype == torch.bfloat16 else "tf32",
         )  # fmt: skip
         signature = {}
         for name in _mv2_kernel.arg_names:
             if name in constants:
                 signature[name] = "constexpr"
-            elif name in ("x_ptr", "w_expand_ptr", "w_project_ptr", "out_ptr"):
+            elif name in ("x_ptr", "out_ptr"):
                 signature[name] = pointer
             else:
                 signature[name] = "*fp32" if name.endswith("_ptr") else "i32"
@@ -202,6 +204,19 @@ def test_graphed_bf16_inference_on_gpu() -> None:
     expected = GraphedForward(model, torch.bfloat16)(images).float()
     set_mv2_kernel(model)
     out = GraphedForward(model, torch.bfloat16)(images).float()
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+
+
+@needs_cuda
+def test_compiled_inference_on_gpu() -> None:
+    """Under ``torch.compile`` the kernel is an operator of the graph (no graph break), as fast paths go."""
+    torch.manual_seed(0)
+    model = fuse_for_inference(mvt.create_model("mobilevit_xxs", num_classes=5).eval()).cuda()
+    images = torch.randn(4, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(images).float()
+        set_mv2_kernel(model)
+        out = torch.compile(model, fullgraph=True)(images).float()
     torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
 
 

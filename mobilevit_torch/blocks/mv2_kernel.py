@@ -18,7 +18,8 @@ expanded map, as the convolution pads its input: taps outside the image contribu
 multiplied into the projection at once, so the registers hold one chunk, never the whole width.
 
 Inference only (no autograd), on folded models; switched on by :func:`set_mv2_kernel`. It applies
-to CUDA tensors outside ``torch.compile`` and tracing; everything else takes the ordinary modules.
+to CUDA tensors, eager or under ``torch.compile`` (a ``torch.library.triton_op``: inductor puts the
+kernel in its graph), not while tracing or exporting; everything else takes the ordinary modules.
 With ``TRITON_INTERPRET=1`` set before import the kernel runs in Triton's interpreter on CPU tensors,
 which is how the tests check it on machines without a GPU.
 """
@@ -33,6 +34,7 @@ from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE
 if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
+    from torch.library import wrap_triton
 
     INTERPRETED = tl.constexpr(INTERPRET)  # a compile-time constant inside the kernel
 
@@ -45,9 +47,15 @@ MAX_BLOCK_E = 64  # hidden channels per chunk
 _ROW_BYTES = 256
 
 
+_PACKED = ("mv2_w_expand", "mv2_b_expand", "mv2_w_dw", "mv2_b_dw", "mv2_w_project", "mv2_b_project")
+
+
 def set_mv2_kernel(model: nn.Module, enabled: bool = True) -> int:
     """Switch every MV2 block of an inference model (:func:`fuse_for_inference`) to (or from) the
-    kernel; returns how many blocks. Raises ``ValueError`` for a model whose BatchNorm is not folded."""
+    kernel; returns how many blocks. Raises ``ValueError`` for a model whose BatchNorm is not folded.
+
+    Each block gets its weights in the kernel's layout as non-persistent buffers (they move with
+    ``model.to(...)``, ``state_dict`` is unchanged); eager calls re-pack them when a weight changes."""
     from mobilevit_torch.blocks.inverted_residual import InvertedResidual
 
     blocks = [module for module in model.modules() if isinstance(module, InvertedResidual)]
@@ -55,20 +63,60 @@ def set_mv2_kernel(model: nn.Module, enabled: bool = True) -> int:
         raise ValueError("the MV2 kernel runs inference models only: fold BatchNorm first (fuse_for_inference)")
     for block in blocks:
         block.mv2_kernel = enabled
+        if enabled:
+            _pack(block)
+        else:
+            for name in _PACKED:
+                block._buffers.pop(name, None)
     return len(blocks)
 
 
 def _is_folded(block: nn.Module) -> bool:
     units = (block.expand, block.depthwise, block.project)
-    return all(unit.is_fused for unit in units) and [type(unit.act) for unit in units] == [
-        nn.SiLU,
-        nn.SiLU,
-        nn.Identity,
-    ]
+    activations = [type(unit.act) for unit in units]
+    return all(unit.is_fused for unit in units) and activations == [nn.SiLU, nn.SiLU, nn.Identity]
+
+
+def _weights_version(block: nn.Module) -> tuple:
+    params = [p for unit in (block.expand, block.depthwise, block.project) for p in unit.conv.parameters()]
+    # Weights made under inference_mode have no version counter: their storage identifies them.
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+
+
+@torch.no_grad()
+def _pack(block: nn.Module) -> None:
+    """The folded block's weights as the kernel reads them, float32: zero-padded to power-of-two widths
+    of at least 16 (``tl.dot``'s smallest), matrices row-major ``[in, out]``."""
+    expand, depthwise, project = block.expand.conv, block.depthwise.conv, block.project.conv
+    in_chs, hidden, out_chs = expand.in_channels, expand.out_channels, project.out_channels
+    cin, width, cout = (_padded_width(n) for n in (in_chs, hidden, out_chs))
+
+    def padded(values: Tensor, *shape: int) -> Tensor:
+        buffer = torch.zeros(shape, device=values.device, dtype=torch.float32)
+        buffer[tuple(slice(0, n) for n in values.shape)] = values.float()
+        return buffer
+
+    packed = (
+        padded(expand.weight.reshape(hidden, in_chs).t(), cin, width),  # [E, C, 1, 1] -> [C, E]
+        padded(expand.bias, width),
+        padded(depthwise.weight.reshape(hidden, 9).t(), 9, width),  # [E, 1, 3, 3] -> [9, E]
+        padded(depthwise.bias, width),
+        padded(project.weight.reshape(out_chs, hidden).t(), width, cout),  # [O, E, 1, 1] -> [E, O]
+        padded(project.bias, cout),
+    )
+    for name, tensor in zip(_PACKED, packed, strict=True):
+        block.register_buffer(name, tensor, persistent=False)
+    block.__dict__["_mv2_version"] = _weights_version(block)
+
+
+def _padded_width(channels: int) -> int:
+    return max(16, 1 << (channels - 1).bit_length())  # the next power of two, at least 16
 
 
 def mv2_kernel_applies(x: Tensor, block: nn.Module) -> bool:
-    """Whether :func:`mv2_forward` can stand in for ``block`` on ``x``."""
+    """Whether :func:`mv2_forward` can stand in for ``block`` on ``x``: CUDA (or, in Triton's
+    interpreter, CPU) channels-last maps, no autograd, not while tracing or exporting. Under
+    ``torch.compile`` the kernel is part of the compiled graph (a ``triton_op``)."""
     return (
         TRITON_AVAILABLE
         and (x.is_cuda or (INTERPRET and x.is_cpu))
@@ -77,42 +125,24 @@ def mv2_kernel_applies(x: Tensor, block: nn.Module) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and not block.training
         and not (torch.is_grad_enabled() and (x.requires_grad or block.expand.conv.weight.requires_grad))
-        and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and _is_folded(block)
+        and not torch.compiler.is_exporting()
+        and _PACKED[0] in block._buffers
     )
 
 
 def mv2_forward(x: Tensor, block: nn.Module) -> Tensor:
-    """``block(x)`` for a folded MV2 block (see :func:`mv2_kernel_applies`), in one kernel.
+    """``block(x)`` for a folded MV2 block switched on by :func:`set_mv2_kernel`, in one kernel.
 
     Under CUDA autocast it computes in autocast's dtype (as the convolutions would), else in
     ``x``'s; products accumulate in float32 and the hidden map stays float32 on chip."""
-    dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
-    if x.dtype != dtype:
-        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    weights = _kernel_weights(block, dtype, x.device)
-    batch, in_chs, height, width = x.shape
-    stride = block.depthwise.conv.stride[0]
-    out_height, out_width = (height - 1) // stride + 1, (width - 1) // stride + 1  # 3x3, padding 1
-    out_chs = block.project.conv.out_channels
-    out = torch.empty(batch, out_chs, out_height, out_width, device=x.device, dtype=dtype)
-    out = out.contiguous(memory_format=torch.channels_last)
-    pixels = batch * out_height * out_width
-    while True:
-        try:
-            _mv2_kernel[(triton.cdiv(pixels, weights.block_p),)](
-                x, *weights.tensors, out, height, width, out_height, out_width, pixels, in_chs, out_chs,
-                STRIDE=stride, RESIDUAL=block.use_residual, CIN=weights.cin, HIDDEN=weights.hidden,
-                BLOCK_E=weights.block_e, COUT=weights.cout, BLOCK_P=weights.block_p, PRECISION=_precision(x),
-                num_stages=1,  # software pipelining of the tap loads would only add shared memory: they hit cache
-            )  # fmt: skip
-            break
-        except triton.runtime.errors.OutOfResources:  # a GPU with less shared memory per block: smaller tiles
-            if weights.block_p <= MIN_BLOCK_P:
-                raise
-            weights.block_p //= 2
-    return out
+    if x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype != torch.get_autocast_dtype("cuda"):
+        x = x.to(torch.get_autocast_dtype("cuda")).contiguous(memory_format=torch.channels_last)
+    if not torch.compiler.is_compiling() and block.__dict__.get("_mv2_version") != _weights_version(block):
+        _pack(block)  # new weights loaded since the switch
+    packed = [block._buffers[name] for name in _PACKED]
+    stride, out_chs = block.depthwise.conv.stride[0], block.project.conv.out_channels
+    return torch.ops.mobilevit_torch.mv2_block(x, *packed, stride, block.use_residual, out_chs)
 
 
 def _precision(x: Tensor) -> str:
@@ -120,45 +150,45 @@ def _precision(x: Tensor) -> str:
     return "tf32" if x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-class _KernelWeights:
-    """The folded block's weights as the kernel reads them: zero-padded to power-of-two widths of at
-    least 16 (``tl.dot``'s smallest), matrices row-major ``[in, out]``, biases float32."""
-
-    def __init__(self, block: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
-        expand, depthwise, project = block.expand.conv, block.depthwise.conv, block.project.conv
-        in_chs, hidden, out_chs = expand.in_channels, expand.out_channels, project.out_channels
-        self.cin, self.hidden, self.cout = (max(16, triton.next_power_of_2(n)) for n in (in_chs, hidden, out_chs))
-        self.block_e = min(self.hidden, MAX_BLOCK_E)
-        row_bytes = max(self.cin, self.cout) * torch.finfo(dtype).bits // 8
-        self.block_p = max(MIN_BLOCK_P, MAX_BLOCK_P * _ROW_BYTES // max(row_bytes, _ROW_BYTES))
-
-        def padded(values: Tensor, shape: tuple[int, ...], out_dtype: torch.dtype) -> Tensor:
-            buffer = torch.zeros(shape, device=device, dtype=out_dtype)
-            buffer[tuple(slice(0, n) for n in values.shape)] = values.detach().to(device, out_dtype)
-            return buffer
-
-        f32 = torch.float32
-        self.tensors = (
-            padded(expand.weight.reshape(hidden, in_chs).t(), (self.cin, self.hidden), dtype),  # [E, C, 1, 1] -> [C, E]
-            padded(expand.bias, (self.hidden,), f32),
-            padded(depthwise.weight.reshape(hidden, 9).t(), (9, self.hidden), f32),  # [E, 1, 3, 3] -> [9, E]
-            padded(depthwise.bias, (self.hidden,), f32),
-            padded(
-                project.weight.reshape(out_chs, hidden).t(), (self.hidden, self.cout), dtype
-            ),  # [O, E, 1, 1] -> [E, O]
-            padded(project.bias, (self.cout,), f32),
-        )
+_BLOCK_P: dict[tuple, int] = {}  # (padded widths, dtype, device) -> pixels per program that launched
 
 
-def _kernel_weights(block: nn.Module, dtype: torch.dtype, device: torch.device) -> _KernelWeights:
-    """The block's kernel weights, made once per dtype and device and again when a weight changes."""
-    params = [p for unit in (block.expand, block.depthwise, block.project) for p in unit.conv.parameters()]
-    # Weights made under inference_mode have no version counter: their storage identifies them.
-    source = (dtype, device, *((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params))
-    cached = block.__dict__.get("_mv2_weights")
-    if cached is None or cached[0] != source:
-        cached = block.__dict__["_mv2_weights"] = (source, _KernelWeights(block, dtype, device))
-    return cached[1]
+def _block_p(cin: int, cout: int, dtype: torch.dtype) -> int:
+    row_bytes = max(cin, cout) * torch.finfo(dtype).bits // 8
+    return max(MIN_BLOCK_P, MAX_BLOCK_P * _ROW_BYTES // max(row_bytes, _ROW_BYTES))
+
+
+if TRITON_AVAILABLE:
+
+    @torch.library.triton_op("mobilevit_torch::mv2_block", mutates_args=())
+    def _mv2_block(
+        x: Tensor, w_expand: Tensor, b_expand: Tensor, w_dw: Tensor, b_dw: Tensor, w_project: Tensor,
+        b_project: Tensor, stride: int, residual: bool, out_chs: int,
+    ) -> Tensor:  # fmt: skip
+        """The launch, as an operator ``torch.compile`` can put in its graph (``wrap_triton``)."""
+        batch, in_chs, height, width = x.shape
+        cin, hidden, cout = w_expand.shape[0], w_expand.shape[1], w_project.shape[1]
+        out_height, out_width = (height - 1) // stride + 1, (width - 1) // stride + 1  # 3x3, padding 1
+        out = torch.empty(batch, out_height, out_width, out_chs, device=x.device, dtype=x.dtype)
+        out = out.permute(0, 3, 1, 2)  # [B, OH, OW, O] -> [B, O, OH, OW], channels-last
+        pixels = batch * out_height * out_width
+        key = (cin, hidden, cout, x.dtype, x.device)
+        while True:
+            block_p = _BLOCK_P.get(key) or _block_p(cin, cout, x.dtype)
+            try:
+                wrap_triton(_mv2_kernel)[(triton.cdiv(pixels, block_p),)](
+                    x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, out,
+                    height, width, out_height, out_width, pixels, in_chs, out_chs,
+                    STRIDE=stride, RESIDUAL=residual, CIN=cin, HIDDEN=hidden, BLOCK_E=min(hidden, MAX_BLOCK_E),
+                    COUT=cout, BLOCK_P=block_p, PRECISION=_precision(x),
+                    num_stages=1,  # pipelining the tap loads would only add shared memory: they hit cache
+                )  # fmt: skip
+                _BLOCK_P[key] = block_p
+                return out
+            except triton.runtime.errors.OutOfResources:  # less shared memory per block: smaller tiles
+                if block_p <= MIN_BLOCK_P:
+                    raise
+                _BLOCK_P[key] = block_p // 2
 
 
 if TRITON_AVAILABLE:
@@ -191,7 +221,8 @@ if TRITON_AVAILABLE:
         result = tl.zeros([BLOCK_P, COUT], dtype=tl.float32)
         for chunk in range(0, HIDDEN, BLOCK_E):  # a loop, not unrolled: one body of nine taps to compile
             hidden = chunk + tl.arange(0, BLOCK_E)
-            w_expand = tl.load(w_expand_ptr + cin[:, None] * HIDDEN + hidden[None, :])  # [CIN, E]
+            w_expand = tl.load(w_expand_ptr + cin[:, None] * HIDDEN + hidden[None, :])  # [CIN, E], float32
+            w_expand = w_expand.to(x_ptr.dtype.element_ty)  # the product's operands in the map's dtype
             b_expand = tl.load(b_expand_ptr + hidden)
             depthwise = tl.zeros([BLOCK_P, BLOCK_E], dtype=tl.float32)
             for tap in tl.static_range(9):
@@ -210,7 +241,8 @@ if TRITON_AVAILABLE:
                 depthwise += h * tl.load(w_dw_ptr + tap * HIDDEN + hidden)[None, :]
             y = depthwise + tl.load(b_dw_ptr + hidden)[None, :]
             y = y * tl.sigmoid(y)
-            w_project = tl.load(w_project_ptr + hidden[:, None] * COUT + cout[None, :])  # [E, COUT]
+            w_project = tl.load(w_project_ptr + hidden[:, None] * COUT + cout[None, :])  # [E, COUT], float32
+            w_project = w_project.to(x_ptr.dtype.element_ty)
             result += _dot(y.to(w_project.dtype), w_project, PRECISION)
         result += tl.load(b_project_ptr + cout)[None, :]
         offsets = pixel.to(tl.int64)[:, None] * out_chs + cout[None, :]
