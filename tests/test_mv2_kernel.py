@@ -161,7 +161,7 @@ def test_kernel_compiles_for_an_h100_and_fits(variant: str, dtype: torch.dtype, 
         constants = dict(
             STRIDE=block.depthwise.conv.stride[0], RESIDUAL=block.use_residual, CIN=cin, HIDDEN=hidden,
             BLOCK_E=min(hidden, MAX_BLOCK_E), COUT=cout, BLOCK_P=_block_p(cin, cout, dtype),
-            PRECISION="ieee" if dtype == torch.bfloat16 else "tf32",
+            PRECISION="ieee" if dtype == torch.bfloat16 else "tf32", FAST_SILU=dtype == torch.bfloat16,
         )  # fmt: skip
         signature = {}
         for name in _mv2_kernel.arg_names:

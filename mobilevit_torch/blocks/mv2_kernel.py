@@ -181,6 +181,7 @@ if TRITON_AVAILABLE:
                     height, width, out_height, out_width, pixels, in_chs, out_chs,
                     STRIDE=stride, RESIDUAL=residual, CIN=cin, HIDDEN=hidden, BLOCK_E=min(hidden, MAX_BLOCK_E),
                     COUT=cout, BLOCK_P=block_p, PRECISION=_precision(x),
+                    FAST_SILU=x.dtype != torch.float32 and not INTERPRET,  # the interpreter runs no GPU assembly
                     num_stages=1,  # pipelining the tap loads would only add shared memory: they hit cache
                 )  # fmt: skip
                 _BLOCK_P[key] = block_p
@@ -202,12 +203,27 @@ if TRITON_AVAILABLE:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         return tl.dot(a, b, input_precision=PRECISION)
 
+    @triton.jit
+    def _silu(h, FAST: tl.constexpr):
+        """``h * sigmoid(h)``. ``FAST``: as ``h * (1 + tanh(h / 2)) / 2`` with the GPU's one-instruction
+        ``tanh.approx`` (relative error about 2^-11, below a 16-bit map's rounding) instead of an
+        exponential and a division: the nine taps evaluate SiLU nine times per hidden value, and these
+        special-function instructions run at 1/16 of the arithmetic rate on an H100."""
+        if FAST:
+            half = 0.5 * h
+            tanh = tl.inline_asm_elementwise(
+                "tanh.approx.f32 $0, $1;", "=r,r", [half], dtype=tl.float32, is_pure=True, pack=1
+            )
+            return half + half * tanh
+        return h * tl.sigmoid(h)
+
     @triton.jit(do_not_specialize=["height", "width", "out_height", "out_width", "pixels"])
     def _mv2_kernel(
         x_ptr, w_expand_ptr, b_expand_ptr, w_dw_ptr, b_dw_ptr, w_project_ptr, b_project_ptr, out_ptr,
         height, width, out_height, out_width, pixels, in_chs, out_chs,
         STRIDE: tl.constexpr, RESIDUAL: tl.constexpr, CIN: tl.constexpr, HIDDEN: tl.constexpr,
         BLOCK_E: tl.constexpr, COUT: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr,
+        FAST_SILU: tl.constexpr,
     ):  # fmt: skip
         """``BLOCK_P`` output pixels of ``project(silu(dw3x3(silu(expand(x))))) (+ x)``; x and out are
         channels-last maps, i.e. row-major ``[pixels, channels]`` matrices."""
@@ -236,11 +252,11 @@ if TRITON_AVAILABLE:
                     other=0.0,
                 )  # [P, CIN]
                 h = _dot(x, w_expand, PRECISION) + b_expand[None, :]  # [P, E]
-                h = h * tl.sigmoid(h)
+                h = _silu(h, FAST_SILU)
                 h = tl.where(inside[:, None], h, 0.0)  # the depthwise convolution's zero padding
                 depthwise += h * tl.load(w_dw_ptr + tap * HIDDEN + hidden)[None, :]
             y = depthwise + tl.load(b_dw_ptr + hidden)[None, :]
-            y = y * tl.sigmoid(y)
+            y = _silu(y, FAST_SILU)
             w_project = tl.load(w_project_ptr + hidden[:, None] * COUT + cout[None, :])  # [E, COUT], float32
             w_project = w_project.to(x_ptr.dtype.element_ty)
             result += _dot(y.to(w_project.dtype), w_project, PRECISION)
