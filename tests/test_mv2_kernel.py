@@ -18,8 +18,8 @@ from torch import nn
 
 import mobilevit_torch as mvt
 from mobilevit_torch.blocks import InvertedResidual, set_mv2_kernel
-from mobilevit_torch.blocks.mv2_kernel import MAX_BLOCK_E, _block_p, mv2_kernel_applies
-from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE
+from mobilevit_torch.blocks.mv2_kernel import MAX_BLOCK_E, mv2_kernel_applies
+from mobilevit_torch.layers.triton_support import INTERPRET, TRITON_AVAILABLE, tile_pixels
 from mobilevit_torch.models.fuse import fuse_for_inference
 
 # (in, out, stride, expansion, [B, H, W]): residual and not, stride 2 on odd and even sizes, widths that
@@ -160,7 +160,7 @@ def test_kernel_compiles_for_an_h100_and_fits(variant: str, dtype: torch.dtype, 
         (cin, hidden), cout = block.mv2_w_expand.shape, block.mv2_w_project.shape[1]
         constants = dict(
             STRIDE=block.depthwise.conv.stride[0], RESIDUAL=block.use_residual, CIN=cin, HIDDEN=hidden,
-            BLOCK_E=min(hidden, MAX_BLOCK_E), COUT=cout, BLOCK_P=_block_p(cin, cout, dtype),
+            BLOCK_E=min(hidden, MAX_BLOCK_E), COUT=cout, BLOCK_P=tile_pixels(max(cin, cout), dtype),
             PRECISION="ieee" if dtype == torch.bfloat16 else "tf32", FAST_SILU=dtype == torch.bfloat16,
         )  # fmt: skip
         signature = {}

@@ -29,23 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE
+from mobilevit_torch.layers import triton_support as ts
 
-if TRITON_AVAILABLE:
+if ts.TRITON_AVAILABLE:
     import triton
     import triton.language as tl
-    from torch.library import wrap_triton
 
-    INTERPRETED = tl.constexpr(INTERPRET)  # a compile-time constant inside the kernel
-
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_BLOCK_P, MIN_BLOCK_P = 64, 16  # output pixels per program
 MAX_BLOCK_E = 64  # hidden channels per chunk
-# Rows of the widest padded input or output of up to this many bytes take MAX_BLOCK_P pixels per program,
-# twice as wide rows half as many: Triton's shared memory grows with BLOCK_P x that width (H100, sm_90:
-# 90 KiB for XXS's widest block in bfloat16, 64 pixels; 108-143 KiB for S's in float32, 16 pixels).
-_ROW_BYTES = 256
-
 
 _PACKED = ("mv2_w_expand", "mv2_b_expand", "mv2_w_dw", "mv2_b_dw", "mv2_w_project", "mv2_b_project")
 
@@ -89,7 +79,7 @@ def _pack(block: nn.Module) -> None:
     of at least 16 (``tl.dot``'s smallest), matrices row-major ``[in, out]``."""
     expand, depthwise, project = block.expand.conv, block.depthwise.conv, block.project.conv
     in_chs, hidden, out_chs = expand.in_channels, expand.out_channels, project.out_channels
-    cin, width, cout = (_padded_width(n) for n in (in_chs, hidden, out_chs))
+    cin, width, cout = (ts.padded_width(n) for n in (in_chs, hidden, out_chs))
 
     def padded(values: Tensor, *shape: int) -> Tensor:
         buffer = torch.zeros(shape, device=values.device, dtype=torch.float32)
@@ -109,19 +99,14 @@ def _pack(block: nn.Module) -> None:
     block.__dict__["_mv2_version"] = _weights_version(block)
 
 
-def _padded_width(channels: int) -> int:
-    return max(16, 1 << (channels - 1).bit_length())  # the next power of two, at least 16
-
-
 def mv2_kernel_applies(x: Tensor, block: nn.Module) -> bool:
     """Whether :func:`mv2_forward` can stand in for ``block`` on ``x``: CUDA (or, in Triton's
     interpreter, CPU) channels-last maps, no autograd, not while tracing or exporting. Under
     ``torch.compile`` the kernel is part of the compiled graph (a ``triton_op``)."""
     return (
-        TRITON_AVAILABLE
-        and (x.is_cuda or (INTERPRET and x.is_cpu))
+        ts.on_kernel_device(x)
         and x.dim() == 4
-        and x.dtype in _DTYPES
+        and x.dtype in ts.KERNEL_DTYPES
         and x.is_contiguous(memory_format=torch.channels_last)
         and not block.training
         and not (torch.is_grad_enabled() and (x.requires_grad or block.expand.conv.weight.requires_grad))
@@ -145,77 +130,28 @@ def mv2_forward(x: Tensor, block: nn.Module) -> Tensor:
     return torch.ops.mobilevit_torch.mv2_block(x, *packed, stride, block.use_residual, out_chs)
 
 
-def _precision(x: Tensor) -> str:
-    """``tl.dot``'s input precision: TF32 for float32 maps where cuDNN's convolutions would use it."""
-    return "tf32" if x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
-
-
-_BLOCK_P: dict[tuple, int] = {}  # (padded widths, dtype, device) -> pixels per program that launched
-
-
-def _block_p(cin: int, cout: int, dtype: torch.dtype) -> int:
-    row_bytes = max(cin, cout) * torch.finfo(dtype).bits // 8
-    return max(MIN_BLOCK_P, MAX_BLOCK_P * _ROW_BYTES // max(row_bytes, _ROW_BYTES))
-
-
-if TRITON_AVAILABLE:
+if ts.TRITON_AVAILABLE:
 
     @torch.library.triton_op("mobilevit_torch::mv2_block", mutates_args=())
     def _mv2_block(
         x: Tensor, w_expand: Tensor, b_expand: Tensor, w_dw: Tensor, b_dw: Tensor, w_project: Tensor,
         b_project: Tensor, stride: int, residual: bool, out_chs: int,
     ) -> Tensor:  # fmt: skip
-        """The launch, as an operator ``torch.compile`` can put in its graph (``wrap_triton``)."""
+        """The launch, as an operator ``torch.compile`` can put in its graph."""
         batch, in_chs, height, width = x.shape
         cin, hidden, cout = w_expand.shape[0], w_expand.shape[1], w_project.shape[1]
         out_height, out_width = (height - 1) // stride + 1, (width - 1) // stride + 1  # 3x3, padding 1
         out = torch.empty(batch, out_height, out_width, out_chs, device=x.device, dtype=x.dtype)
         out = out.permute(0, 3, 1, 2)  # [B, OH, OW, O] -> [B, O, OH, OW], channels-last
         pixels = batch * out_height * out_width
-        key = (cin, hidden, cout, x.dtype, x.device)
-        while True:
-            block_p = _BLOCK_P.get(key) or _block_p(cin, cout, x.dtype)
-            try:
-                wrap_triton(_mv2_kernel)[(triton.cdiv(pixels, block_p),)](
-                    x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, out,
-                    height, width, out_height, out_width, pixels, in_chs, out_chs,
-                    STRIDE=stride, RESIDUAL=residual, CIN=cin, HIDDEN=hidden, BLOCK_E=min(hidden, MAX_BLOCK_E),
-                    COUT=cout, BLOCK_P=block_p, PRECISION=_precision(x),
-                    FAST_SILU=x.dtype != torch.float32 and not INTERPRET,  # the interpreter runs no GPU assembly
-                    num_stages=1,  # pipelining the tap loads would only add shared memory: they hit cache
-                )  # fmt: skip
-                _BLOCK_P[key] = block_p
-                return out
-            except triton.runtime.errors.OutOfResources:  # less shared memory per block: smaller tiles
-                if block_p <= MIN_BLOCK_P:
-                    raise
-                _BLOCK_P[key] = block_p // 2
-
-
-if TRITON_AVAILABLE:
-
-    @triton.jit
-    def _dot(a, b, PRECISION: tl.constexpr):
-        """``a @ b`` accumulated in float32. Triton's interpreter multiplies 16-bit floats wrongly (3.8:
-        their bit patterns as numbers), so there the operands, already rounded, are widened first:
-        the same products, summed in another order."""
-        if INTERPRETED:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        return tl.dot(a, b, input_precision=PRECISION)
-
-    @triton.jit
-    def _silu(h, FAST: tl.constexpr):
-        """``h * sigmoid(h)``. ``FAST``: as ``h * (1 + tanh(h / 2)) / 2`` with the GPU's one-instruction
-        ``tanh.approx`` (relative error about 2^-11, below a 16-bit map's rounding) instead of an
-        exponential and a division: the nine taps evaluate SiLU nine times per hidden value, and these
-        special-function instructions run at 1/16 of the arithmetic rate on an H100."""
-        if FAST:
-            half = 0.5 * h
-            tanh = tl.inline_asm_elementwise(
-                "tanh.approx.f32 $0, $1;", "=r,r", [half], dtype=tl.float32, is_pure=True, pack=1
-            )
-            return half + half * tanh
-        return h * tl.sigmoid(h)
+        ts.launch(
+            _mv2_kernel, (cin, hidden, cout, x.dtype, x.device), pixels, ts.tile_pixels(max(cin, cout), x.dtype), (),
+            x, w_expand, b_expand, w_dw, b_dw, w_project, b_project, out,
+            height, width, out_height, out_width, pixels, in_chs, out_chs,
+            STRIDE=stride, RESIDUAL=residual, CIN=cin, HIDDEN=hidden, BLOCK_E=min(hidden, MAX_BLOCK_E), COUT=cout,
+            PRECISION=ts.dot_precision(x), FAST_SILU=ts.fast_silu(x),
+        )  # fmt: skip
+        return out
 
     @triton.jit(do_not_specialize=["height", "width", "out_height", "out_width", "pixels"])
     def _mv2_kernel(
@@ -227,11 +163,7 @@ if TRITON_AVAILABLE:
     ):  # fmt: skip
         """``BLOCK_P`` output pixels of ``project(silu(dw3x3(silu(expand(x))))) (+ x)``; x and out are
         channels-last maps, i.e. row-major ``[pixels, channels]`` matrices."""
-        pixel = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # [P]: index into [B, OH, OW]
-        pixel_ok = pixel < pixels
-        sample = pixel // (out_height * out_width)
-        out_row = (pixel // out_width) % out_height
-        out_col = pixel % out_width
+        pixel, pixel_ok, sample, out_row, out_col = ts.output_pixels(BLOCK_P, pixels, out_height, out_width)
         cin = tl.arange(0, CIN)
         cout = tl.arange(0, COUT)
         result = tl.zeros([BLOCK_P, COUT], dtype=tl.float32)
@@ -241,25 +173,23 @@ if TRITON_AVAILABLE:
             w_expand = w_expand.to(x_ptr.dtype.element_ty)  # the product's operands in the map's dtype
             b_expand = tl.load(b_expand_ptr + hidden)
             depthwise = tl.zeros([BLOCK_P, BLOCK_E], dtype=tl.float32)
-            for tap in tl.static_range(9):
-                in_row = out_row * STRIDE + (tap // 3 - 1)
-                in_col = out_col * STRIDE + (tap % 3 - 1)
-                inside = pixel_ok & (in_row >= 0) & (in_row < height) & (in_col >= 0) & (in_col < width)
-                source = ((sample * height + in_row) * width + in_col).to(tl.int64)
+            for t in tl.static_range(9):
+                row, col, inside = ts.tap(out_row, out_col, pixel_ok, height, width, t, STRIDE)
+                source = ((sample * height + row) * width + col).to(tl.int64)
                 x = tl.load(
                     x_ptr + source[:, None] * in_chs + cin[None, :],
                     mask=inside[:, None] & (cin < in_chs)[None, :],
                     other=0.0,
                 )  # [P, CIN]
-                h = _dot(x, w_expand, PRECISION) + b_expand[None, :]  # [P, E]
-                h = _silu(h, FAST_SILU)
+                h = ts.dot(x, w_expand, PRECISION) + b_expand[None, :]  # [P, E]
+                h = ts.silu(h, FAST_SILU)
                 h = tl.where(inside[:, None], h, 0.0)  # the depthwise convolution's zero padding
-                depthwise += h * tl.load(w_dw_ptr + tap * HIDDEN + hidden)[None, :]
+                depthwise += h * tl.load(w_dw_ptr + t * HIDDEN + hidden)[None, :]
             y = depthwise + tl.load(b_dw_ptr + hidden)[None, :]
-            y = _silu(y, FAST_SILU)
+            y = ts.silu(y, FAST_SILU)
             w_project = tl.load(w_project_ptr + hidden[:, None] * COUT + cout[None, :])  # [E, COUT], float32
             w_project = w_project.to(x_ptr.dtype.element_ty)
-            result += _dot(y.to(w_project.dtype), w_project, PRECISION)
+            result += ts.dot(y.to(w_project.dtype), w_project, PRECISION)
         result += tl.load(b_project_ptr + cout)[None, :]
         offsets = pixel.to(tl.int64)[:, None] * out_chs + cout[None, :]
         ok = pixel_ok[:, None] & (cout < out_chs)[None, :]

@@ -25,19 +25,15 @@ interpreter on CPU tensors too, which is how the tests check them on machines wi
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor, nn
 
-try:
+from mobilevit_torch.layers.triton_support import INTERPRET, TRITON_AVAILABLE
+
+if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
-except ImportError:  # the kernels are optional: without Triton every unit takes PyTorch's BatchNorm
-    triton = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton reads it once, when the kernels are defined
-TRITON_AVAILABLE = triton is not None
 
 
 def fused_norm_applies(x: Tensor, bn: nn.Module) -> bool:
