@@ -21,7 +21,8 @@ also on request) is what ``train.py`` trains on a GPU (``fused_norm=true``, the 
 + SiLU as fused Triton kernels, which apply on CUDA in channels-last modes without compile (elsewhere it
 is ours); ``ours-lpln`` adds ``layernorm_low_precision=true`` (LayerNorm in autocast's dtype).
 ``ours-fused-mv2`` (inference, on request) is ``ours-fused`` with every MV2 block as one Triton kernel
-(``set_mv2_kernel``; CUDA, channels-last, without compile; elsewhere it is ``ours-fused``). The table's
+(``set_mv2_kernel``), ``ours-fused-k`` adds the dense 3x3 convolutions as Triton kernels
+(``set_inference_kernels``: both); on CUDA, eager or compiled; elsewhere they are ``ours-fused``. The table's
 ``x timm`` columns are the headline: ours / timm in the same mode. Dropout is off in every
 implementation (``--dropout default`` keeps each library's own), so all three do the same work.
 
@@ -70,7 +71,7 @@ from mobilevit_torch.graphed import GraphedForward  # noqa: E402
 from mobilevit_torch.layers import ConvNormAct  # noqa: E402
 from mobilevit_torch.layers.fused_norm import set_fused_norm  # noqa: E402
 from mobilevit_torch.layers.layer_norm import set_low_precision_layernorm  # noqa: E402
-from mobilevit_torch.models.fuse import fuse_for_inference  # noqa: E402
+from mobilevit_torch.models.fuse import fuse_for_inference, set_inference_kernels  # noqa: E402
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig  # noqa: E402
 from mobilevit_torch.training.ema import ModelEma  # noqa: E402
@@ -79,7 +80,10 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
-IMPLS = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "ours-fused-mv2", "timm", "hf")
+IMPLS = (
+    "ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "ours-fused-mv2", "ours-fused-k",
+    "timm", "hf",
+)  # fmt: skip
 DEFAULT_IMPLS = ("ours", "ours-fused", "timm", "hf")
 TRAINABLE = ("ours", "ours-ref", "ours-fnorm", "ours-lpln", "timm", "hf")
 TRAIN_ONLY = ("ours-fnorm", "ours-lpln")  # train.py's switches; the fused kernels are for training only
@@ -199,10 +203,12 @@ def build_model(impl: str, variant: str, dropout: bool) -> nn.Module:
         if impl == "ours-lpln":
             set_low_precision_layernorm(model)
         return model
-    if impl in ("ours-fused", "ours-fused-ref", "ours-fused-mv2"):
+    if impl in ("ours-fused", "ours-fused-ref", "ours-fused-mv2", "ours-fused-k"):
         model = fuse_for_inference(mvt.create_model(f"mobilevit_{variant}", **off))
         if impl == "ours-fused-mv2":
             set_mv2_kernel(model)
+        if impl == "ours-fused-k":
+            set_inference_kernels(model)
         if impl == "ours-fused-ref":
             for module in model.modules():
                 if isinstance(module, ConvNormAct):
@@ -609,6 +615,7 @@ def headline(cases: list[Case], train_py_mode: str) -> list[str]:
         ("ours-lpln", "ours-fnorm", "LayerNorm in autocast's dtype"),
         ("ours-fused", "ours-fused-ref", "oneDNN kernels"),
         ("ours-fused-mv2", "ours-fused", "MV2 blocks as one Triton kernel"),
+        ("ours-fused-k", "ours-fused-mv2", "dense 3x3 convolutions as Triton kernels"),
     )
     for impl, baseline, what in ab_pairs:
         pairs = []

@@ -177,14 +177,19 @@ def test_graphed_modes_count_their_capture_in_the_peak(
     assert bench.uses_cuda_graphs(bench.parse_mode(mode, "default")) is graphed
 
 
-def test_the_mv2_kernel_row_is_the_folded_model_with_the_kernel_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ours-fused-mv2`` differs from ``ours-fused`` only by the switch (its A/B pair in the summary)."""
+def test_the_kernel_rows_are_the_folded_model_with_switches_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ours-fused-mv2`` / ``ours-fused-k`` differ from ``ours-fused`` only by the kernel switches
+    (their A/B pairs in the summary): MV2 blocks (7 in XXS), then also the dense 3x3 units (7)."""
     from mobilevit_torch.blocks import InvertedResidual
+    from mobilevit_torch.layers import ConvNormAct
 
     bench = _bench_models(monkeypatch)
-    switches = {
-        impl: [m.mv2_kernel for m in bench.build_model(impl, "xxs", False).modules() if isinstance(m, InvertedResidual)]
-        for impl in ("ours-fused", "ours-fused-mv2")
-    }
-    assert switches == {"ours-fused": [False] * 7, "ours-fused-mv2": [True] * 7}
-    assert "ours-fused-mv2" not in bench.TRAINABLE
+    switches = {}
+    for impl in ("ours-fused", "ours-fused-mv2", "ours-fused-k"):
+        modules = list(bench.build_model(impl, "xxs", False).modules())
+        switches[impl] = (
+            sum(m.mv2_kernel for m in modules if isinstance(m, InvertedResidual)),
+            sum(m.conv_kernel for m in modules if isinstance(m, ConvNormAct)),
+        )
+    assert switches == {"ours-fused": (0, 0), "ours-fused-mv2": (7, 0), "ours-fused-k": (7, 7)}
+    assert not {"ours-fused-mv2", "ours-fused-k"} & set(bench.TRAINABLE)

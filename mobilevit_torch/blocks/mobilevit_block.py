@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mobilevit_torch.blocks.transformer import TransformerEncoderLayer
 from mobilevit_torch.layers import ConvNormAct, LayerNorm
+from mobilevit_torch.layers.conv_kernel import conv3x3_forward, conv_kernel_applies
 
 
 def unfold_patches(x: Tensor, patch_h: int, patch_w: int) -> Tensor:
@@ -112,7 +113,7 @@ class MobileViTBlock(nn.Module):
         y = self.conv_local(x)
         batch, _, height, width = y.shape
         if height % self.patch_h or width % self.patch_w:
-            return self.conv_fusion(torch.cat((shortcut, self._global_resized(y)), dim=1))
+            return self._fuse(shortcut, self._global_resized(y))
 
         # conv_in and conv_out are 1x1 (pointwise) and BatchNorm/SiLU per channel, so they commute with
         # unfold/fold: both permutation copies move the C-channel map instead of the wider d-channel
@@ -127,7 +128,15 @@ class MobileViTBlock(nn.Module):
         patches = F.linear(patches, conv_out.conv.weight.flatten(1), conv_out.conv.bias)
         y = fold_patches(patches, batch, height, width, self.patch_h, self.patch_w, channels_last=channels_last)
         y = conv_out.norm_act(y)  # [B, C, H, W]
-        return self.conv_fusion(torch.cat((shortcut, y), dim=1))
+        return self._fuse(shortcut, y)
+
+    def _fuse(self, shortcut: Tensor, y: Tensor) -> Tensor:
+        """Fig. 1b's fusion: the 3x3 convolution over the block input concatenated with ``y``. The
+        inference kernel (``set_conv_kernels``) reads the two maps where they are instead."""
+        fusion = self.conv_fusion
+        if fusion.conv_kernel and conv_kernel_applies(shortcut, fusion):
+            return conv3x3_forward(fusion, shortcut, y)
+        return fusion(torch.cat((shortcut, y), dim=1))
 
     def _global_resized(self, y: Tensor) -> Tensor:
         """The reference path for maps that are not whole patches: resize up, unfold, transform, fold, resize back."""

@@ -56,8 +56,7 @@ def set_mv2_kernel(model: nn.Module, enabled: bool = True) -> int:
         if enabled:
             _pack(block)
         else:
-            for name in _PACKED:
-                block._buffers.pop(name, None)
+            ts.drop_packed(block, _PACKED)
     return len(blocks)
 
 
@@ -67,10 +66,8 @@ def _is_folded(block: nn.Module) -> bool:
     return all(unit.is_fused for unit in units) and activations == [nn.SiLU, nn.SiLU, nn.Identity]
 
 
-def _weights_version(block: nn.Module) -> tuple:
-    params = [p for unit in (block.expand, block.depthwise, block.project) for p in unit.conv.parameters()]
-    # Weights made under inference_mode have no version counter: their storage identifies them.
-    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+def _params(block: nn.Module) -> list[Tensor]:
+    return [p for unit in (block.expand, block.depthwise, block.project) for p in unit.conv.parameters()]
 
 
 @torch.no_grad()
@@ -80,12 +77,7 @@ def _pack(block: nn.Module) -> None:
     expand, depthwise, project = block.expand.conv, block.depthwise.conv, block.project.conv
     in_chs, hidden, out_chs = expand.in_channels, expand.out_channels, project.out_channels
     cin, width, cout = (ts.padded_width(n) for n in (in_chs, hidden, out_chs))
-
-    def padded(values: Tensor, *shape: int) -> Tensor:
-        buffer = torch.zeros(shape, device=values.device, dtype=torch.float32)
-        buffer[tuple(slice(0, n) for n in values.shape)] = values.float()
-        return buffer
-
+    padded = ts.padded
     packed = (
         padded(expand.weight.reshape(hidden, in_chs).t(), cin, width),  # [E, C, 1, 1] -> [C, E]
         padded(expand.bias, width),
@@ -94,9 +86,7 @@ def _pack(block: nn.Module) -> None:
         padded(project.weight.reshape(out_chs, hidden).t(), width, cout),  # [O, E, 1, 1] -> [E, O]
         padded(project.bias, cout),
     )
-    for name, tensor in zip(_PACKED, packed, strict=True):
-        block.register_buffer(name, tensor, persistent=False)
-    block.__dict__["_mv2_version"] = _weights_version(block)
+    ts.store_packed(block, _PACKED, packed, _params(block))
 
 
 def mv2_kernel_applies(x: Tensor, block: nn.Module) -> bool:
@@ -108,10 +98,7 @@ def mv2_kernel_applies(x: Tensor, block: nn.Module) -> bool:
         and x.dim() == 4
         and x.dtype in ts.KERNEL_DTYPES
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not block.training
-        and not (torch.is_grad_enabled() and (x.requires_grad or block.expand.conv.weight.requires_grad))
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_exporting()
+        and ts.inference_only(x, block, block.expand.conv.weight)
         and _PACKED[0] in block._buffers
     )
 
@@ -121,10 +108,10 @@ def mv2_forward(x: Tensor, block: nn.Module) -> Tensor:
 
     Under CUDA autocast it computes in autocast's dtype (as the convolutions would), else in
     ``x``'s; products accumulate in float32 and the hidden map stays float32 on chip."""
-    if x.is_cuda and torch.is_autocast_enabled("cuda") and x.dtype != torch.get_autocast_dtype("cuda"):
-        x = x.to(torch.get_autocast_dtype("cuda")).contiguous(memory_format=torch.channels_last)
-    if not torch.compiler.is_compiling() and block.__dict__.get("_mv2_version") != _weights_version(block):
-        _pack(block)  # new weights loaded since the switch
+    dtype = ts.compute_dtype(x)
+    if x.dtype != dtype:
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    ts.repack_if_changed(block, _params(block), _pack)  # new weights loaded since the switch
     packed = [block._buffers[name] for name in _PACKED]
     stride, out_chs = block.depthwise.conv.stride[0], block.project.conv.out_channels
     return torch.ops.mobilevit_torch.mv2_block(x, *packed, stride, block.use_residual, out_chs)

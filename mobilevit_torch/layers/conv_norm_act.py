@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobilevit_torch.layers.conv_kernel import conv3x3_forward, conv_kernel_applies
 from mobilevit_torch.layers.fused_norm import batch_norm_act, fused_norm_applies
 
 # Folded units run on the CPU as single oneDNN kernels with pre-arranged weights (see ConvNormAct.forward).
@@ -46,6 +47,7 @@ class ConvNormAct(nn.Module):
     """
 
     fused_norm = False  # training on a GPU: BatchNorm + SiLU as fused Triton kernels (set_fused_norm)
+    conv_kernel = False  # folded dense 3x3 units in inference on a GPU: one Triton kernel (set_conv_kernels)
 
     def __init__(
         self,
@@ -124,6 +126,8 @@ class ConvNormAct(nn.Module):
         return self.act(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.conv_kernel and conv_kernel_applies(x, self):
+            return conv3x3_forward(self, x)
         if self.is_fused and self.onednn_kernel and _packed_kernel_applies(x):
             return self._onednn_forward(x)
         return self.norm_act(self.conv(x))

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 try:
     import triton
@@ -29,6 +29,55 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def on_kernel_device(x: Tensor) -> bool:
     """CUDA tensors, or CPU tensors in Triton's interpreter."""
     return TRITON_AVAILABLE and (x.is_cuda or (INTERPRET and x.is_cpu))
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """Autocast's dtype under CUDA autocast (as the convolutions would compute), else ``x``'s."""
+    return torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+
+
+def inference_only(x: Tensor, module: nn.Module, weight: Tensor) -> bool:
+    """No autograd, training, tracing or exporting: where the inference kernels may stand in."""
+    return (
+        not module.training
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_exporting()
+    )
+
+
+def weights_version(params: list[Tensor]) -> tuple:
+    """Identifies the values of ``params``: storage and version counter (weights made under
+    inference_mode have no version counter, so there the storage alone)."""
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+
+
+def repack_if_changed(module: nn.Module, params: list[Tensor], pack: Callable[[nn.Module], None]) -> None:
+    """Call ``pack(module)`` again when ``params`` changed since it last ran (eager calls only: under
+    ``torch.compile`` the packed buffers are what the graph was made with)."""
+    if not torch.compiler.is_compiling() and module.__dict__.get("_kernel_version") != weights_version(params):
+        pack(module)
+
+
+def store_packed(module: nn.Module, names: tuple[str, ...], tensors: tuple[Tensor, ...], params: list[Tensor]) -> None:
+    """Keep a kernel's packed weights on ``module`` as non-persistent buffers (they move with
+    ``module.to(...)``; ``state_dict`` is unchanged), made from the present values of ``params``."""
+    for name, tensor in zip(names, tensors, strict=True):
+        module.register_buffer(name, tensor, persistent=False)
+    module.__dict__["_kernel_version"] = weights_version(params)
+
+
+def drop_packed(module: nn.Module, names: tuple[str, ...]) -> None:
+    for name in names:
+        module._buffers.pop(name, None)
+
+
+@torch.no_grad()
+def padded(values: Tensor, *shape: int) -> Tensor:
+    """``values`` as float32 in the top-left corner of a zero tensor of ``shape`` (padded widths)."""
+    buffer = torch.zeros(shape, device=values.device, dtype=torch.float32)
+    buffer[tuple(slice(0, n) for n in values.shape)] = values.float()
+    return buffer
 
 
 def padded_width(channels: int) -> int:

@@ -74,3 +74,15 @@ def bind_attributes(model: nn.Module) -> None:
 def is_fused(model: nn.Module) -> bool:
     """Whether ``model`` has no BatchNorm left to fold (e.g. it came from :func:`fuse_for_inference`)."""
     return not any(isinstance(m, ConvNormAct) and not m.is_fused for m in model.modules())
+
+
+def set_inference_kernels(model: nn.Module, enabled: bool = True) -> int:
+    """Switch a folded model's (:func:`fuse_for_inference`) Triton inference kernels on or off: every
+    MV2 block as one kernel (``blocks/mv2_kernel.py``) and every dense 3x3 convolution, the stem's
+    and the MobileViT blocks', as one kernel with its SiLU (``layers/conv_kernel.py``). They apply
+    to CUDA tensors without autograd, eager or under ``torch.compile``; elsewhere the model runs as
+    before. Returns how many blocks and units were switched; ``ValueError`` for an unfolded model."""
+    from mobilevit_torch.blocks.mv2_kernel import set_mv2_kernel
+    from mobilevit_torch.layers.conv_kernel import set_conv_kernels
+
+    return set_mv2_kernel(model, enabled) + set_conv_kernels(model, enabled)
