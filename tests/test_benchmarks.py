@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -193,3 +195,24 @@ def test_the_kernel_rows_are_the_folded_model_with_switches_on(monkeypatch: pyte
         )
     assert switches == {"ours-fused": (0, 0), "ours-fused-mv2": (7, 0), "ours-fused-k": (7, 7)}
     assert not {"ours-fused-mv2", "ours-fused-k"} & set(bench.TRAINABLE)
+
+
+def test_kernel_tiles_times_every_block_shape(tmp_path: Path) -> None:
+    """The tile benchmark finds XXS's 13 distinct kernel shapes (7 MV2 blocks, the stem, 3 local and
+    3 fusion convolutions, one of them a repeat) and times each both ways; in Triton's interpreter here."""
+    from mobilevit_torch.layers.triton_support import TRITON_AVAILABLE
+
+    if not TRITON_AVAILABLE:
+        pytest.skip("triton is not installed")
+    out = tmp_path / "tiles.json"
+    command = [sys.executable, "benchmarks/kernel_tiles.py", "--device", "cpu", "--batch", "1", "--img-size", "32"]
+    command += ["--tiles", "16x4", "--warmup", "0", "--repeats", "1", "--iters", "1", "--json", str(out)]
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    names = [row["block"] for row in rows]
+    assert len(names) == 13 and sum(n.startswith("MV2") for n in names) == 6  # two of the 7 are alike
+    assert all(row["torch_ms"] > 0 and row["kernel_ms"]["16x4"] > 0 for row in rows)
+    assert "| block | torch ms | 16x4 ms |" in result.stdout

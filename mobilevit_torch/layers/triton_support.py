@@ -8,8 +8,9 @@ which is how the tests check them on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +111,19 @@ def tile_pixels(widest: int, dtype: torch.dtype) -> int:
 
 
 _TILE_PIXELS: dict[tuple, int] = {}  # (kernel, shape key) -> output pixels per program that launched
+_FORCED: list[tuple[int, int]] = []  # (BLOCK_P, num_warps) for every launch: benchmarks/kernel_tiles.py
+NUM_WARPS = 4
+
+
+@contextlib.contextmanager
+def forced_tiles(block_p: int, num_warps: int) -> Iterator[None]:
+    """Launch every kernel with these tiles inside the block (no fallback: ``OutOfResources`` is raised).
+    For measuring tile sizes against each other; the launchers' own choice is :func:`tile_pixels`."""
+    _FORCED.append((block_p, num_warps))
+    try:
+        yield
+    finally:
+        _FORCED.pop()
 
 
 def launch(kernel: Callable, key: tuple, pixels: int, tile_pixels: int, grid_rest: tuple, *args, **constants) -> None:
@@ -120,15 +134,16 @@ def launch(kernel: Callable, key: tuple, pixels: int, tile_pixels: int, grid_res
     loads are mostly cache hits, and pipelining them would only add shared memory."""
     key = (kernel, *key)
     while True:
-        block_p = _TILE_PIXELS.get(key, tile_pixels)
+        block_p, num_warps = _FORCED[-1] if _FORCED else (_TILE_PIXELS.get(key, tile_pixels), NUM_WARPS)
         try:
             torch.library.wrap_triton(kernel)[(triton.cdiv(pixels, block_p), *grid_rest)](
-                *args, BLOCK_P=block_p, num_stages=1, **constants
+                *args, BLOCK_P=block_p, num_warps=num_warps, num_stages=1, **constants
             )
-            _TILE_PIXELS[key] = block_p
+            if not _FORCED:
+                _TILE_PIXELS[key] = block_p
             return
         except triton.runtime.errors.OutOfResources:
-            if block_p <= MIN_TILE_PIXELS:
+            if _FORCED or block_p <= MIN_TILE_PIXELS:
                 raise
             _TILE_PIXELS[key] = block_p // 2
 
