@@ -485,10 +485,21 @@ def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: P
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
-def test_cli_argument_errors_are_told_before_torch_is_imported(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["model=xxs", "opset=abc"], "opset must be an integer, got 'abc'"),
+        (["checkpoint=runs/missing.pt"], "checkpoint not found: runs/missing.pt"),
+        (["model=xxs", "pretrained=runs/b.pt"], "pretrained weights not found: runs/b.pt (no such file or folder)"),
+    ],
+)
+def test_cli_argument_errors_are_told_before_torch_is_imported(
+    arguments: list[str], message: str, tmp_path: Path
+) -> None:
+    argv = ["export.py", "format=onnx", *arguments, f"hydra.run.dir={tmp_path}/run"]
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['export.py', 'format=onnx', 'model=xxs', 'opset=abc', 'hydra.run.dir={tmp_path}/run']\n"
+        f"sys.argv = {argv!r}\n"
         "try:\n"
         "    runpy.run_path('export.py', run_name='__main__')\n"
         "except SystemExit as stop:\n"
@@ -497,7 +508,7 @@ def test_cli_argument_errors_are_told_before_torch_is_imported(tmp_path: Path) -
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-2:] == ["exit 2", "torch imported: False"], done.stdout + done.stderr
-    assert done.stderr.strip() == "error: opset must be an integer, got 'abc'"
+    assert done.stderr.strip() == f"error: {message}"
 
 
 def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:

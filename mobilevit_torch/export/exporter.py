@@ -110,6 +110,9 @@ def export_model(
             seed=seed,
             output=output,
             data_root=data_root,
+            checkpoint=checkpoint,
+            model=model,
+            pretrained=pretrained,
         ).name
     ]
     source = resolve_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)

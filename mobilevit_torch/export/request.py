@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilevit_torch.export.errors import ONNX_MODULES, TFLITE_MODULES, ExportError
+from mobilevit_torch.files import existing_path
+from mobilevit_torch.hub_ids import is_hub_id
 
 MIN_OPSET = 18  # the lowest opset torch 2.14's exporter implements
 MAX_OPSET = 23  # torch.onnx's ONNX_MAX_OPSET in torch 2.14
@@ -64,6 +66,9 @@ def check_arguments(
     seed: int = 0,
     output: str | Path | None = None,
     data_root: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    pretrained: bool | str | Path | None = None,
 ) -> FormatSpec:
     """Check the arguments of :func:`~mobilevit_torch.export.exporter.export_model` that need no model
     (its defaults are these); the format's spec. Raises :class:`ExportError` naming the first bad one."""
@@ -87,7 +92,31 @@ def check_arguments(
         raise ExportError(f"output {output} must end in {spec.suffix} for format={spec.name}")
     if data_root is not None and not Path(data_root).expanduser().is_dir():
         raise ExportError(f"data.root: no such folder: {data_root}")
+    check_source(checkpoint=checkpoint, model=model, pretrained=pretrained)
     return spec
+
+
+def check_source(
+    *, checkpoint: str | Path | None, model: str | None, pretrained: bool | str | Path | None
+) -> bool | str | None:
+    """What to export, as far as names and paths tell: one of ``checkpoint`` or ``model`` (+
+    ``pretrained``), and the named files there. Returns ``pretrained`` as ``create_model`` takes it."""
+    if checkpoint is None:
+        if model is None:
+            raise ExportError("nothing to export: pass checkpoint=PATH, or model=xxs|xs|s (with pretrained=PATH)")
+        if pretrained in (None, False, True):
+            return pretrained
+        pretrained = str(pretrained)
+        if not Path(pretrained).expanduser().exists() and not is_hub_id(pretrained):
+            raise ExportError(f"pretrained weights not found: {pretrained} (no such file or folder)")
+        return pretrained
+    if pretrained not in (None, False):
+        raise ExportError("pass either checkpoint=PATH or pretrained=PATH (with model=...), not both")
+    try:
+        existing_path(checkpoint, "checkpoint")
+    except FileNotFoundError as error:
+        raise ExportError(str(error)) from None
+    return None
 
 
 def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:

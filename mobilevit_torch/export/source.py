@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from mobilevit_torch.export.errors import ExportError
-from mobilevit_torch.hub_ids import is_hub_id
+from mobilevit_torch.export.request import check_source
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
 from mobilevit_torch.training.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
 from mobilevit_torch.weights import WeightsError, read_pretrained
@@ -60,20 +60,14 @@ def resolve_source(
     """Check the combination and the files; read the checkpoint's description (not its use)."""
     if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
         raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
+    pretrained = check_source(checkpoint=checkpoint, model=model, pretrained=pretrained)
     if checkpoint is None:
-        if model is None:
-            raise ExportError("nothing to export: pass checkpoint=PATH, or model=xxs|xs|s (with pretrained=PATH)")
-        if pretrained not in (None, False, True):
-            pretrained = str(pretrained)
-            if not Path(pretrained).expanduser().exists() and not is_hub_id(pretrained):
-                raise ExportError(f"pretrained weights not found: {pretrained} (no such file or folder)")
+        assert model is not None  # check_source refuses neither
         name = registry_name(model)
         if pretrained and num_classes is not None:
             _check_pretrained_classes(name, pretrained, num_classes)
         return ModelSource(name, pretrained=pretrained or None, num_classes=num_classes)
 
-    if pretrained not in (None, False):
-        raise ExportError("pass either checkpoint=PATH or pretrained=PATH (with model=...), not both")
     path = Path(checkpoint).expanduser()
     try:
         payload = read_checkpoint(path)
