@@ -26,6 +26,7 @@ from mobilevit_torch.export import formats as formats_module
 from mobilevit_torch.export import to_tflite as to_tflite_module
 from mobilevit_torch.export.images import balanced, pick_images
 from mobilevit_torch.export.parity import compare
+from mobilevit_torch.export.request import check_arguments
 from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
@@ -340,6 +341,12 @@ def test_unwritable_output_is_refused_before_any_work(
         export_model(format="onnx", model="xxs", output=output)
 
 
+def test_output_folder_check_without_torch_leaves_nothing_behind(tmp_path: Path) -> None:
+    check_arguments(format="onnx", model="xxs", output=tmp_path / "new" / "sub" / "m.onnx")
+    check_arguments(format="onnx", model="xxs", output=tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == [], "the torch-free check probes the folder without creating it"
+
+
 def test_checkpoint_errors(assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = assets["mobilevit_xxs"]
     with pytest.raises(ExportError, match=r"holds a mobilevit_xxs checkpoint, not mobilevit_xs"):
@@ -491,6 +498,7 @@ def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: P
         (["model=xxs", "opset=abc"], "opset must be an integer, got 'abc'"),
         (["checkpoint=runs/missing.pt"], "checkpoint not found: runs/missing.pt"),
         (["model=xxs", "pretrained=runs/b.pt"], "pretrained weights not found: runs/b.pt (no such file or folder)"),
+        (["model=xxs", "output=/proc/x/m.onnx"], "output=/proc/x/m.onnx: cannot create the folder /proc/x ("),
     ],
 )
 def test_cli_argument_errors_are_told_before_torch_is_imported(
@@ -508,7 +516,7 @@ def test_cli_argument_errors_are_told_before_torch_is_imported(
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-2:] == ["exit 2", "torch imported: False"], done.stdout + done.stderr
-    assert done.stderr.strip() == f"error: {message}"
+    assert done.stderr.strip().startswith(f"error: {message}") and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_cli_exports(assets: dict[str, Path], tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ the runtime an app would use) against the PyTorch model on the same inputs.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from mobilevit_torch.export.errors import ConversionError, ExportError, ParityEr
 from mobilevit_torch.export.formats import FORMATS, ExportJob
 from mobilevit_torch.export.images import load_images, pick_images, random_inputs, training_split
 from mobilevit_torch.export.parity import ParityReport, compare
-from mobilevit_torch.export.request import CALIBRATED, DEFAULT_OPSET, check_arguments
+from mobilevit_torch.export.request import CALIBRATED, DEFAULT_OPSET, check_arguments, check_output_folder
 from mobilevit_torch.export.runtime import builtin_operators, open_runner
 from mobilevit_torch.export.sidecar import labels_path, sidecar_path, write_sidecar
 from mobilevit_torch.export.source import checkpoint_data_root, load_model, resolve_source
@@ -127,7 +126,7 @@ def export_model(
     require_modules(fmt.modules, purpose=f"format={fmt.name}")
     path = Path(output) if output is not None else Path(output_dir) / f"{source.model_name}_{precision}{fmt.suffix}"
     path = path.expanduser()
-    check_output_folder(path)  # the last check: it creates the folder when missing
+    check_output_folder(path, create=True)  # the last check: it creates the folder when missing
 
     # -- load the model and the images -----------------------------------------------------------
     net = load_model(source)
@@ -279,23 +278,3 @@ def remove_export(path: Path) -> list[str]:
             continue
         removed.append(file.name)
     return removed
-
-
-def check_output_folder(path: Path) -> None:
-    """Make sure the exported file, its sidecar and labels can be written beside ``path``: its folder is
-    created when missing, then a scratch file is made in it and removed. One line when not."""
-    folder = path.parent
-    ancestor = folder
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ExportError(f"output={path}: {ancestor} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"output={path}: cannot create the folder {folder} ({error.strerror or error})") from None
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ExportError(f"output={path}: cannot write in {folder} ({error.strerror or error})") from None

@@ -7,6 +7,7 @@ what is wrong at once. :func:`~mobilevit_torch.export.exporter.export_model` run
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def check_arguments(
         raise ExportError(f"output={output} is a folder: name the file, e.g. output={output}/model{spec.suffix}")
     if output is not None and Path(output).suffix != spec.suffix:
         raise ExportError(f"output {output} must end in {spec.suffix} for format={spec.name}")
+    if output is not None:
+        check_output_folder(Path(output).expanduser(), create=False)
     if data_root is not None and not Path(data_root).expanduser().is_dir():
         raise ExportError(f"data.root: no such folder: {data_root}")
     check_source(checkpoint=checkpoint, model=model, pretrained=pretrained)
@@ -125,3 +128,32 @@ def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> N
     if value < low or (high is not None and value > high):
         span = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ExportError(f"{name} must be {span}, got {value}")
+
+
+def check_output_folder(path: Path, *, create: bool) -> None:
+    """Make sure the exported file, its sidecar and labels can be written beside ``path``; one line when
+    not. With ``create`` the folder is made when missing; without, nothing is left behind: the first
+    missing folder is made and removed again, or a scratch file in the existing one."""
+    folder = path.parent
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"output={path}: {ancestor} is a file, not a folder")
+    if folder != ancestor and not create:
+        probe = ancestor / folder.relative_to(ancestor).parts[0]
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as error:
+            raise ExportError(f"output={path}: cannot create the folder {folder} ({error.strerror or error})") from None
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"output={path}: cannot create the folder {folder} ({error.strerror or error})") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ExportError(f"output={path}: cannot write in {folder} ({error.strerror or error})") from None
