@@ -148,10 +148,23 @@ def export_model(
                 raise ExportError(f"data.root: {error}") from None
             logger.warning("not using the checkpoint's data folder: %s", error)
         else:
+            if precision in CALIBRATED and not picked.held_out:
+                raise ExportError(
+                    f"data.root: {data_root} holds one image per class, too few for precision={precision}: "
+                    "its int8 ranges would come from the very images it is checked on; give a folder with "
+                    "at least two images per class (ideally the training photos)"
+                )
             check, _ = load_images(picked.check, preprocessing)
             if precision in (*CALIBRATED, "fp16"):  # int8 ranges, fp16's choice of weights: training images
                 calibration, _ = load_images(picked.calibration, preprocessing)
-                logger.info("calibrating on %d images from %s", len(calibration), picked.root)
+                if 0 < len(calibration) < calib_images and precision in CALIBRATED:
+                    logger.warning(
+                        "calibrating on %d images, not the %d asked for (calib_images): all %s has for "
+                        "calibration; int8 ranges from few photos may clip brighter or darker ones",
+                        len(calibration), calib_images, picked.root,
+                    )
+                elif len(calibration):
+                    logger.info("calibrating on %d images from %s", len(calibration), picked.root)
             if len(check) == 0 or (calibration is not None and len(calibration) == 0):
                 raise ExportError(f"data.root: no readable images in {data_root}")
     real = check is not None

@@ -31,7 +31,8 @@ class ExportImages:
     root: Path
     class_names: list[str]
     calibration: list[Sample]  # from the training part of the split
-    check: list[Sample]  # from the validation part
+    check: list[Sample]  # from the validation part, or the calibration images when none is held out
+    held_out: bool = True  # False: the folder was too small to hold images out; check is calibration's
 
 
 def pick_images(
@@ -50,7 +51,8 @@ def pick_images(
     """
     split = make_split(Path(root), seed=split_seed, val_fraction=val_fraction)
     train, val = split.train, split.val
-    if not val:  # every class has a single image: nothing to hold out
+    held_out = bool(val)
+    if not held_out:  # every class has a single image: nothing to hold out
         logger.warning("%s is too small to hold images out: checking on the calibration images", root)
         val = train
     if not train:
@@ -60,6 +62,7 @@ def pick_images(
         class_names=split.class_names,
         calibration=balanced(train, calib_images, seed=seed),
         check=balanced(val, check_images, seed=seed + 1),
+        held_out=held_out,
     )
 
 
