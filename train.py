@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mobilevit_torch.cli import check_overrides, drop_unused_run_dir, keep_freed_memory, user_errors
+from mobilevit_torch.cli import check_overrides, drop_unused_run_dir, exit_code, keep_freed_memory, user_errors
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> float | None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    recorded = False  # whether this run wrote the folder's record (its folder held no run before)
     try:
         settings = OmegaConf.to_container(cfg, resolve=True)
         config = config_from_dict(settings).validate().check_paths()
@@ -37,13 +38,31 @@ def main(cfg: DictConfig) -> float | None:
             config = config_from_dict(resume_settings(settings, explicit_keys(cfg))).validate().check_paths()
         elif not holds_run(output_dir):  # a folder that holds a run keeps its record (train() refuses it)
             record_config(cfg, output_dir)
+            recorded = True
         logging.getLogger("mobilevit_torch").info("memory: %s", keep_freed_memory())  # before any large allocation
         summary = train(config, output_dir)
+    except Exception as error:
+        if recorded and exit_code(error) == 2 and not holds_run(output_dir):
+            drop_setup_files(output_dir)  # refused (data, weights) before its first checkpoint or metrics
+        raise
     finally:
         # Hydra makes the folder before this runs: a refused run, or a resume (which continues in the
         # checkpoint's folder), leaves it behind empty or holding only the record.
         drop_unused_run_dir(output_dir)
     return summary.get("best_val_acc")
+
+
+def drop_setup_files(folder: Path) -> None:
+    """Remove what a refused run wrote while setting up (its record, ``train.log``, ``split.json``), so
+    that :func:`drop_unused_run_dir` can remove the folder; anything else in it stays."""
+    import shutil
+
+    from mobilevit_torch.training.run_log import remove_log_files
+
+    remove_log_files()
+    shutil.rmtree(folder / ".hydra", ignore_errors=True)
+    for name in ("train.log", "split.json"):
+        (folder / name).unlink(missing_ok=True)
 
 
 def record_config(cfg: DictConfig, folder: Path) -> None:

@@ -35,7 +35,7 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             fail("interrupted", 128 + signal.SIGINT)
         except Exception as err:
-            code = _exit_code(err)
+            code = exit_code(err)
             if code is None:
                 raise
             fail(_one_line(err), code)
@@ -61,7 +61,7 @@ _USER_ERRORS: tuple[tuple[str, str, int | None], ...] = (
 )
 
 
-def _exit_code(err: Exception) -> int | None:
+def exit_code(err: Exception) -> int | None:
     """The exit status for a user-facing error, or None for anything else (a bug: its traceback shows)."""
     for module_name, class_name, code in _USER_ERRORS:
         module = sys.modules.get(module_name)

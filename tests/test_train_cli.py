@@ -18,7 +18,7 @@ from mobilevit_torch.training.checkpoint import load_checkpoint
 from mobilevit_torch.training.config import config_from_dict
 from mobilevit_torch.training.loop import train
 from tests.conftest import REPO
-from tests.train_helpers import as_overrides, make_folder, tiny_config
+from tests.train_helpers import CLASSES, as_overrides, make_folder, tiny_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -145,6 +145,22 @@ def test_missing_data_root_is_named(tmp_path: Path) -> None:
     assert list(fresh.iterdir()) == [], "nor the outputs/<model>/ folders Hydra made for it"
     result = run_train("data=imagefolder", "data.root=README.md", timeout=60)
     assert result.returncode == 2 and "README.md is a file, not a folder" in result.stderr, result.stderr
+
+
+def test_a_run_refused_over_its_data_leaves_no_folder(tmp_path: Path) -> None:
+    """Refused after setting up (record, train.log, split.json written): those go, with the folder."""
+    single = tmp_path / "photos"
+    single.mkdir()
+    shutil.move(make_folder(tmp_path / "all", odd_files=False) / CLASSES[0], single)
+    args = ["data=imagefolder", f"data.root={single}", "device=cpu", "data.img_size=64"]
+    result = run_train(*args, f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert result.returncode == 2 and f"only one class ({CLASSES[0]})" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists(), "a refused run leaves no folder"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
+    result = run_train(*args, f"hydra.run.dir={tmp_path / 'mine'}", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"], "only the run's own files go"
 
 
 def test_sigterm_saves_resumable_checkpoint(folder: Path, tmp_path: Path) -> None:
