@@ -112,9 +112,38 @@ def explicit_keys(cfg: DictConfig) -> set[str]:
 _ABSENT: Any = object()
 
 
+def check_sweep(argv: list[str]) -> None:
+    """With ``-m``, check every job's settings before the first job starts (each job checks its own
+    again): a bad value in the sweep (``data.batch_size=8,0``) is told at once, not after the jobs before it
+    trained. Sweeps Hydra itself cannot expand are left for Hydra to report."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from mobilevit_torch.cli import fail
+    from mobilevit_torch.training.config import ConfigError, config_from_dict
+
+    task = [arg for arg in argv if "=" in arg and not arg.startswith("-") and not arg.startswith("hydra")]
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)
+                for job in batch]  # fmt: skip
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            configs = [(job, compose("train", overrides=job)) for job in jobs]
+    except HydraException:
+        return
+    for job, cfg in configs:
+        try:
+            config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate().check_paths()
+        except ConfigError as error:
+            fail(f"{error} (in the job {' '.join(job)})", 2)
+
+
 if __name__ == "__main__":
     from mobilevit_torch.training.config import config_keys
 
     groups = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("model", "data", "recipe")}
     sys.argv[1:] = check_overrides(sys.argv[1:], config_keys(), groups)
+    if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+        check_sweep(sys.argv[1:])
     main()

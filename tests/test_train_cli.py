@@ -267,6 +267,15 @@ def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
     assert names == ["mobilevit_xs", "mobilevit_xxs"]
 
 
+def test_multirun_checks_every_job_before_the_first_starts(folder: Path, tmp_path: Path) -> None:
+    args = ["-m", "model=xxs", "data.batch_size=8,0", "data=imagefolder", f"data.root={folder}", "device=cpu",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    result = run_train(*args, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().startswith("error: data.batch_size must be positive, got 0 (in the job model=xxs")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "sweep").exists(), "no job ran"
+
+
 @pytest.fixture(scope="module")
 def stopped_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A train.py run of 2 epochs (one step each) stopped after the first: a resumable last.pt."""
