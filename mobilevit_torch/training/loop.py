@@ -93,7 +93,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     elif broadcast_flag(holds_run(run_dir), info, device):
         raise ConfigError(
             f"run directory {run_dir} already holds a run; resume it with resume={run_dir / 'last.pt'} "
-            "or choose another run directory (hydra.run.dir)"
+            "or choose another run directory (hydra.run.dir; with -m, hydra.sweep.dir)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
