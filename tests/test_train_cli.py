@@ -95,6 +95,7 @@ def test_gpu_switch_overrides_reach_the_config(key: str, default: bool) -> None:
         ("lr=0.1", "unknown option 'lr' (did you mean 'recipe.lr'?)"),
         ("device=tpu", "device must be one of"),
         ("resume=/no/such/last.pt", "resume: no such checkpoint file"),
+        ("resume=conf", "resume: conf is a folder; name its checkpoint, e.g. resume=conf/last.pt"),
         ("pretrained=/no/such/weights.pt", "pretrained: no such file"),
         ("pretrained=runs/best.pt", "pretrained: no such file"),  # not a hub id
         ("log_every=0", "log_every must be positive, got 0"),

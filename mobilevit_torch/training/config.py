@@ -182,6 +182,9 @@ class TrainConfig:
 
     def check_paths(self) -> TrainConfig:
         """Paths that must exist before any work starts."""
+        if self.resume and Path(self.resume).expanduser().is_dir():
+            hint = Path(self.resume) / "last.pt"
+            raise ConfigError(f"resume: {self.resume} is a folder; name its checkpoint, e.g. resume={hint}")
         if self.resume and not Path(self.resume).expanduser().is_file():
             raise ConfigError(f"resume: no such checkpoint file: {self.resume}")
         pretrained = None if self.resume else self.pretrained  # a resume starts from its checkpoint's weights
