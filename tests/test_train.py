@@ -417,3 +417,22 @@ def test_resume_refuses_settings_the_checkpoint_fixes(folder: Path, tmp_path: Pa
         changed = tiny_config(tmp_path, folder, resume=str(tmp_path / "run" / "last.pt"), **{**options, key: value})
         with pytest.raises(ConfigError, match=rf"^resume: {key} cannot change when resuming \("):
             train(changed, tmp_path / "ignored")
+
+
+def test_a_stop_signal_in_a_forked_worker_is_left_to_the_main_process() -> None:
+    """Ctrl-C reaches the DataLoader workers too; only the process that installed the handler warns
+    and stops, so the "saving after this step" line is printed once, not once per worker."""
+    from mobilevit_torch.training.loop import StopSignal
+
+    stop = StopSignal()
+    try:
+        child = os.fork()
+        if child == 0:  # a worker: the inherited handler must ignore the signal
+            os.kill(os.getpid(), signal.SIGINT)
+            os._exit(0 if stop.signum is None else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the forked process took the signal as its own stop"
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+    finally:
+        stop.restore()

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -494,16 +495,24 @@ def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> 
 
 
 class StopSignal:
-    """Remembers SIGINT/SIGTERM so the loop can save a resumable checkpoint before exiting."""
+    """Remembers SIGINT/SIGTERM so the loop can save a resumable checkpoint before exiting.
+
+    Processes forked after it is installed (DataLoader workers) inherit the handler; Ctrl-C reaches
+    them too, so the handler acts only in the process that installed it and the others ignore it
+    (the main process stops them when it exits).
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked worker: the main process speaks and saves
+            return
         if self.signum is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
