@@ -103,6 +103,24 @@ def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: b
     assert history == [1, 2, 3]
 
 
+def test_resume_from_a_last_pt_copied_elsewhere_keeps_the_whole_record(folder: Path, tmp_path: Path) -> None:
+    """last.pt copied alone into a new folder and resumed there: the metrics files and summary.json
+    hold every epoch (from the checkpoint's history), and the summary keeps its confusion matrix."""
+    options = {"epochs": 3, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, stop_after=2, **options), tmp_path / "part")
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tmp_path / "part" / "last.pt", tmp_path / "moved" / "last.pt")
+
+    summary = train(tiny_config(tmp_path, folder, resume=str(tmp_path / "moved" / "last.pt"), **options), tmp_path)
+    assert summary["epochs"] == 3
+    lines = (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert len((tmp_path / "moved" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    written = json.loads((tmp_path / "moved" / "summary.json").read_text())
+    assert written["epochs"] == 3 and len(written["confusion_matrix"]) == len(CLASSES)
+    assert sum(map(sum, written["confusion_matrix"])) == summary["val_images"]
+
+
 def test_drop_path_rate_reaches_the_model_and_resumes_exactly(folder: Path, tmp_path: Path) -> None:
     """model.drop_path_rate is passed to create_model (and stored for rebuilding); its per-sample draws
     replay on resume like dropout's."""

@@ -203,7 +203,11 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         cuda_graphs=use_graphs,
         distributed=info.enabled,
     )
-    run_log = RunLogger(run_dir, tensorboard=config.tensorboard, resume=resume is not None) if info.is_main else None
+    run_log = (
+        RunLogger(run_dir, tensorboard=config.tensorboard, resume=resume is not None, history=history)
+        if info.is_main
+        else None
+    )
     if info.is_main:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
@@ -220,6 +224,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             "config": dataclasses.asdict(config),
             "history": list(run_log.history if run_log else history),
             "best": dict(best),
+            # the summary's matrix, also where best.pt is not beside it (last.pt copied elsewhere)
+            "best_confusion": best_confusion.cpu() if best_confusion is not None else None,
         }
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -231,7 +237,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     eval_forward = GraphedForward(model, amp_dtype) if use_graphs else None
     ema_forward = GraphedForward(ema.module, amp_dtype) if use_graphs and ema is not None else None
     eval_autocast = contextlib.nullcontext() if use_graphs else autocast
-    best_confusion: Tensor | None = None
+    best_confusion: Tensor | None = resume.get("best_confusion") if resume is not None else None
     epochs_this_run = 0
     writer = CheckpointWriter()  # checkpoints are written in the background while training goes on
     try:

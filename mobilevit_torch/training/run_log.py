@@ -33,6 +33,9 @@ class RunLogger:
             (tag = the key, step = the record's ``epoch``).
         resume: keep the records already in ``run_dir / "metrics.jsonl"`` and append after them.
             Without it a fresh run replaces any metrics files left in ``run_dir``.
+        history: with ``resume``, the records to start from instead of the file's: the resumed
+            checkpoint's own, which also hold where ``last.pt`` was copied into a folder without
+            the run's metrics files (or beside records of a later, abandoned stretch of the run).
 
     Every record needs an integer ``epoch``. Logging an epoch that is already recorded replaces
     that record and all later ones: a run resumed from an earlier checkpoint redoes those epochs,
@@ -40,7 +43,14 @@ class RunLogger:
     purged the same way (``SummaryWriter(purge_step=...)``).
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = True,
+        resume: bool = False,
+        history: list[Record] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "metrics.csv"
@@ -51,7 +61,7 @@ class RunLogger:
         self._records: list[Record] = []
         self._fields: list[str] = []
         if resume:
-            self._records = _read_jsonl(self.jsonl_path)
+            self._records = [dict(r) for r in history] if history is not None else _read_jsonl(self.jsonl_path)
             self._fields = _union_fields(self._records)
         if self._records:
             # Rewrite from the JSON lines so a CSV left behind by a crash mid-write matches them.
