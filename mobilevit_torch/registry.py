@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import logging
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 ModelBuilder = Callable[..., nn.Module]
 _MODELS: dict[str, ModelBuilder] = {}
@@ -124,6 +127,10 @@ def create_model(
 
         weights = read_pretrained(name, pretrained)
         model_kwargs = {k: v for k, v in weights.model_args.items() if k in accepted and k != "num_classes"}
+        if ignored := sorted(set(weights.model_args) - set(accepted) - {"num_classes"}):
+            logger.warning(
+                "%s: model_args %s are not arguments of %s; left out", weights.source, ", ".join(ignored), name
+            )
         model_kwargs.update(kwargs)
         if num_classes is None and weights.num_classes is not None:
             num_classes = weights.num_classes

@@ -228,19 +228,40 @@ def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
         load_model_from_checkpoint(tmp_path / "plain.pt")
 
 
-def test_a_checkpoint_with_the_wrong_number_of_class_names_says_so(
-    setup: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("names", "reason"),
+    [
+        (MODEL_CLASSES[:2], "2 names for 3 outputs"),
+        ([MODEL_CLASSES[0], MODEL_CLASSES[1], MODEL_CLASSES[0]], f"lists {MODEL_CLASSES[0]!r} more than once"),
+        ({"a": 0}, "holds class names as dict"),
+    ],
+)
+def test_a_checkpoint_with_unusable_class_names_says_so(
+    setup: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture, names: object, reason: str
 ) -> None:
-    """A hand-edited list that no longer matches the classifier is dropped with a warning, not silently."""
+    """A hand-edited list that cannot label the classifier's outputs (wrong length, a name twice, not a
+    list) is dropped with a warning, not silently."""
     payload = torch.load(setup["checkpoint"], weights_only=True)
-    payload["class_names"] = MODEL_CLASSES[:2]
+    payload["class_names"] = names
     edited = save_checkpoint(tmp_path / "edited.pt", payload)
     with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
         model = load_model_from_checkpoint(edited)
-    assert "class names left out" in caplog.text and "2 names for 3 outputs" in caplog.text
+    assert "class names left out" in caplog.text and reason in caplog.text
     assert model.class_names is None
     ranked = predict_images(model, sorted(setup["folder"].rglob("*.*"))[:1], topk=3)[0]
     assert sorted(name for name, _ in ranked) == ["0", "1", "2"]
+
+
+def test_a_checkpoint_with_an_unknown_model_argument_says_it_is_left_out(
+    setup: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = torch.load(setup["checkpoint"], weights_only=True)
+    payload["model_args"] = {**payload["model_args"], "width_multiplier": 2.0}
+    edited = save_checkpoint(tmp_path / "edited.pt", payload)
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        model = load_model_from_checkpoint(edited)
+    assert "model_args width_multiplier are not arguments of mobilevit_xxs; left out" in caplog.text
+    assert model.class_names == MODEL_CLASSES
 
 
 def test_predict_images_ranks_classes_by_probability(setup: dict, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,17 +192,27 @@ def load_into(model: nn.Module, weights: LoadedWeights, *, part: bool = False) -
         else:
             logger.warning("classifier re-initialised: %s has %s, the model has %s", weights.source, have, num_classes)
     elif not part and weights.class_names is not None:
-        if len(weights.class_names) == num_classes:
-            model.class_names = list(weights.class_names)
+        problem = _class_names_problem(weights.class_names, num_classes)
+        if problem is None:
+            model.class_names = [str(name) for name in weights.class_names]
         else:
             logger.warning(
-                "class names left out: %s lists %d names for %d outputs, so predictions will show class ids",
-                weights.source,
-                len(weights.class_names),
-                num_classes,
+                "class names left out: %s %s, so predictions will show class ids", weights.source, problem
             )
     if weights.preprocessing is not None:
         model.preprocessing = weights.preprocessing
+
+
+def _class_names_problem(names: Any, num_classes: int | None) -> str | None:
+    """Why a checkpoint's class names cannot label the model's outputs (None: they can)."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, int)) for n in names):
+        return f"holds class names as {type(names).__name__}, not a list of names"
+    if len(names) != num_classes:
+        return f"lists {len(names)} names for {num_classes} outputs"
+    repeated = sorted(name for name, count in Counter(map(str, names)).items() if count > 1)
+    if repeated:
+        return f"lists {', '.join(repr(n) for n in repeated)} more than once"
+    return None
 
 
 def _find_weights_file(directory: Path) -> Path:
