@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from mobilevit_torch.cli import keep_freed_memory, non_negative_int, one_line, positive_int
+from mobilevit_torch.cli import check_device_name, keep_freed_memory, non_negative_int, one_line, positive_int
 from mobilevit_torch.files import existing_path
 
 
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
     try:
         existing_path(args.checkpoint, "checkpoint")  # before torch's import (seconds): a typo is told at once
-    except FileNotFoundError as error:
+        check_device_name(args.device)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Imported after parsing so --help answers without loading torch.

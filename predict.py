@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mobilevit_torch.cli import keep_freed_memory, one_line, positive_int
+from mobilevit_torch.cli import check_device_name, keep_freed_memory, one_line, positive_int
 from mobilevit_torch.files import existing_path
 
 
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing so --help answers without loading torch.
     try:
         existing_path(args.checkpoint, "checkpoint")  # before torch's import (seconds): a typo is told at once
-    except FileNotFoundError as error:
+        check_device_name(args.device)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device

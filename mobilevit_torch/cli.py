@@ -253,6 +253,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_device_name(text: str) -> None:
+    """Refuse a device other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a ValueError), torch-free:
+    a typo is told at once; whether this machine has the device is checked once torch is loaded."""
+    if re.fullmatch(r"auto|cpu(:0)?|cuda(:\d+)?", text) is None:
+        raise ValueError(f"unsupported device {text!r} (use auto, cpu, cuda or cuda:N)")
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer of at least 0."""
     value = int(text)

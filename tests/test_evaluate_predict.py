@@ -579,6 +579,23 @@ def test_predict_cli_unsupported_device_is_one_line(
     _one_error_line(capsys.readouterr().err, f"unsupported device '{device}'")
 
 
+@pytest.mark.parametrize("script", ["predict.py", "evaluate.py"])
+def test_a_misspelt_device_is_told_before_torch_is_imported(setup: dict, script: str) -> None:
+    argv = [script, str(setup["checkpoint"]), str(setup["folder"]), "--device", "gpu"]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-2:] == ["exit 2", "torch imported: False"], done.stdout + done.stderr
+    _one_error_line(done.stderr, "unsupported device 'gpu' (use auto, cpu, cuda or cuda:N)")
+
+
 def test_predict_cli_prints_class_names(setup: dict) -> None:
     images = sorted(setup["folder"].rglob("*.*"))[:2]
     done = _run("predict.py", setup["checkpoint"], *images, "--topk", "2", "--device", "cpu")

@@ -499,6 +499,7 @@ def test_cli_user_errors_are_one_line(args: list[str], message: str, tmp_path: P
         (["checkpoint=runs/missing.pt"], "checkpoint not found: runs/missing.pt"),
         (["model=xxs", "pretrained=runs/b.pt"], "pretrained weights not found: runs/b.pt (no such file or folder)"),
         (["model=xxs", "output=/proc/x/m.onnx"], "output=/proc/x/m.onnx: cannot create the folder /proc/x ("),
+        (["model=xxs", "num_classes=0"], "num_classes must be a positive integer, got 0"),
     ],
 )
 def test_cli_argument_errors_are_told_before_torch_is_imported(

@@ -112,6 +112,7 @@ def export_model(
             checkpoint=checkpoint,
             model=model,
             pretrained=pretrained,
+            num_classes=num_classes,
         ).name
     ]
     source = resolve_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)

@@ -70,6 +70,7 @@ def check_arguments(
     checkpoint: str | Path | None = None,
     model: str | None = None,
     pretrained: bool | str | Path | None = None,
+    num_classes: int | None = None,
 ) -> FormatSpec:
     """Check the arguments of :func:`~mobilevit_torch.export.exporter.export_model` that need no model
     (its defaults are these); the format's spec. Raises :class:`ExportError` naming the first bad one."""
@@ -95,15 +96,22 @@ def check_arguments(
         check_output_folder(Path(output).expanduser(), create=False)
     if data_root is not None and not Path(data_root).expanduser().is_dir():
         raise ExportError(f"data.root: no such folder: {data_root}")
-    check_source(checkpoint=checkpoint, model=model, pretrained=pretrained)
+    check_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)
     return spec
 
 
 def check_source(
-    *, checkpoint: str | Path | None, model: str | None, pretrained: bool | str | Path | None
+    *,
+    checkpoint: str | Path | None,
+    model: str | None,
+    pretrained: bool | str | Path | None,
+    num_classes: int | None = None,
 ) -> bool | str | None:
     """What to export, as far as names and paths tell: one of ``checkpoint`` or ``model`` (+
-    ``pretrained``), and the named files there. Returns ``pretrained`` as ``create_model`` takes it."""
+    ``pretrained``), the named files there and ``num_classes``' form (whether it matches the weights
+    needs them read). Returns ``pretrained`` as ``create_model`` takes it."""
+    if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
+        raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
     if checkpoint is None:
         if model is None:
             raise ExportError("nothing to export: pass checkpoint=PATH, or model=xxs|xs|s (with pretrained=PATH)")

@@ -58,9 +58,7 @@ def resolve_source(
     num_classes: int | None,
 ) -> ModelSource:
     """Check the combination and the files; read the checkpoint's description (not its use)."""
-    if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
-        raise ExportError(f"num_classes must be a positive integer, got {num_classes!r}")
-    pretrained = check_source(checkpoint=checkpoint, model=model, pretrained=pretrained)
+    pretrained = check_source(checkpoint=checkpoint, model=model, pretrained=pretrained, num_classes=num_classes)
     if checkpoint is None:
         assert model is not None  # check_source refuses neither
         name = registry_name(model)
