@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mobilevit_torch.cli import check_overrides, drop_unused_run_dir, exit_code, keep_freed_memory, user_errors
@@ -26,7 +27,12 @@ def main(cfg: DictConfig) -> float | None:
     from mobilevit_torch.training.config import config_from_dict  # torch-free: a wrong setting is told at once
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    if hydra_config.mode == RunMode.MULTIRUN:  # Hydra's own launch lines are off (hydra_logging: none)
+        logging.getLogger("mobilevit_torch").info(
+            "multirun job #%d: %s -> %s", hydra_config.job.num, " ".join(hydra_config.overrides.task), output_dir
+        )
     recorded = False  # whether this run wrote the folder's record (its folder held no run before)
     try:
         settings = OmegaConf.to_container(cfg, resolve=True)
@@ -137,6 +143,7 @@ def check_sweep(argv: list[str]) -> None:
             config_from_dict(OmegaConf.to_container(cfg, resolve=True)).validate().check_paths()
         except ConfigError as error:
             fail(f"{error} (in the job {' '.join(job)})", 2)
+    print(f"multirun: {len(configs)} job(s), settings checked; they run one after another", file=sys.stderr)
 
 
 if __name__ == "__main__":

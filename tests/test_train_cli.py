@@ -266,6 +266,10 @@ def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(load_checkpoint(p)["model_name"] for p in (tmp_path / "sweep").glob("*/last.pt"))
     assert names == ["mobilevit_xs", "mobilevit_xxs"]
+    assert "multirun: 2 job(s), settings checked" in result.stderr
+    for number, model in enumerate(["xxs", "xs"]):  # which job is running, and where its files go
+        assert f"multirun job #{number}: model={model} " in result.stderr
+        assert f"-> {tmp_path / 'sweep' / f'{number}_mobilevit_{model}'}\n" in result.stderr
 
 
 def test_multirun_checks_every_job_before_the_first_starts(folder: Path, tmp_path: Path) -> None:
