@@ -102,6 +102,17 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path: Path, mode: str, suffix: st
     assert [image.getpixel((x, 0))[0] for x in range(4)] == [0, 64, 128, 255]
 
 
+def test_32_bit_integers_holding_8_bit_values_stay_8_bit(tmp_path: Path) -> None:
+    """Mode I (32-bit integers) does not say its bit depth: values that all fit 0-255 are an 8-bit
+    picture saved wide (not a black 16-bit one); wider ones are scaled as 16-bit."""
+    Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32)).save(tmp_path / "wide8.tif")
+    with Image.open(tmp_path / "wide8.tif") as reopened:
+        assert reopened.mode == "I"
+    assert [load_rgb(tmp_path / "wide8.tif").getpixel((x, 0)) for x in range(3)] == [(0,) * 3, (100,) * 3, (255,) * 3]
+    Image.fromarray(np.array([[0, 100, 257]], dtype=np.int32)).save(tmp_path / "wide16.tif")
+    assert [load_rgb(tmp_path / "wide16.tif").getpixel((x, 0))[0] for x in range(3)] == [0, 0, 1]
+
+
 def test_float_images(tmp_path: Path) -> None:
     unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
     Image.fromarray(unit).save(tmp_path / "unit.tif")

@@ -138,7 +138,7 @@ def to_rgb(image: Image.Image, *, path: str | os.PathLike[str] = "<image>") -> I
     if mode == "RGB":
         return image
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        return Image.fromarray(_integer_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+        return Image.fromarray(_integer_to_uint8(np.asarray(image), wide=mode == "I"), mode="L").convert("RGB")
     if mode == "F":
         return Image.fromarray(_float_to_uint8(np.asarray(image)), mode="L").convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
@@ -151,10 +151,16 @@ def to_rgb(image: Image.Image, *, path: str | os.PathLike[str] = "<image>") -> I
         raise BadImageError(path, f"unsupported image mode {mode!r} ({_short(error)})") from None
 
 
-def _integer_to_uint8(values: np.ndarray) -> np.ndarray:
-    """16-bit (or 32-bit integer holding 16-bit) samples -> 8-bit by the full-range map 65535 -> 255."""
+def _integer_to_uint8(values: np.ndarray, *, wide: bool) -> np.ndarray:
+    """16-bit (or 32-bit integer holding 16-bit) samples -> 8-bit by the full-range map 65535 -> 255.
+
+    ``wide``: 32-bit integer samples (mode ``I``), whose bit depth the file does not tell. All within
+    0-255, they are 8-bit values (an 8-bit array saved as 32-bit integers), kept as they are: read as
+    16-bit they would be a black picture."""
     values = values.astype(np.int64)
     low, high = int(values.min()), int(values.max())
+    if wide and low >= 0 and high <= 255:
+        return values.astype(np.uint8)
     if low >= 0 and high <= 65535:
         return ((values * 255 + 32767) // 65535).astype(np.uint8)
     # Genuine 32-bit data has no fixed white point: stretch its range.
