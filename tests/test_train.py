@@ -77,15 +77,16 @@ def test_split_is_deterministic_and_saved(folder: Path, tmp_path: Path) -> None:
     assert a["val_images"] == b["val_images"]
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: bool) -> None:
-    """Stopped after epoch 1 and resumed: the same final weights, bit for bit."""
+@pytest.mark.parametrize(("cache", "workers"), [(True, 1), (False, 0), (False, 2)])
+def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: bool, workers: int) -> None:
+    """Stopped after epoch 1 and resumed: the same final weights, bit for bit (on the DataLoader path
+    too, whose workers start again on resume: each image's augmentation has its own seed)."""
     options = {
         "epochs": 3,
         "plots": False,
         "tensorboard": False,
         "data.cache": cache,
-        "data.num_workers": 0 if not cache else 1,
+        "data.num_workers": workers,
     }
     train(tiny_config(tmp_path, folder, **options), tmp_path / "full")
     train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "part")
@@ -175,6 +176,38 @@ def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
     assert history[0]["lr"] == last_update_lr
     assert history[0]["images_per_s"] == 0, "no step of epoch 1 ran after the resume"
     assert history[1]["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: bool
+) -> None:
+    """SIGTERM in the middle of an epoch, then resume: the same weights as a run never stopped. The
+    resumed epoch skips the batches it had trained (without making them) and draws the rest, and
+    its dropout, as the uninterrupted run did."""
+    import mobilevit_torch.training.loop as loop
+
+    options = {"epochs": 2, "plots": False, "tensorboard": False, "data.cache": cache, "data.num_workers": 2}
+    train(tiny_config(tmp_path, folder, **options), tmp_path / "full")
+    fired = []
+
+    def learning_rate(update: int, **kwargs: object) -> float:
+        if update == 1 and not fired:  # epoch 1's second update: stop after it
+            fired.append(update)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return schedule.learning_rate(update, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "learning_rate", learning_rate)
+        with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
+            train(tiny_config(tmp_path, folder, **options), tmp_path / "part")
+    train(tiny_config(tmp_path, folder, resume=str(tmp_path / "part" / "last.pt"), **options), tmp_path / "ignored")
+
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert resumed["epoch"] == 2
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from mobilevit_torch.data.folder import DataError, Sample
@@ -25,11 +26,12 @@ _VERIFY_DRAFT_SIZE = 32
 
 
 class ImageListDataset(Dataset):
-    """``(transform(image), label)`` for each sample; ``dataset[(index, img_size)]`` for multi-scale batches.
+    """``(transform(image), label)`` for each sample; ``dataset[(index, img_size, seed)]`` for multi-scale batches.
 
     With :class:`~mobilevit_torch.data.sampler.MultiScaleBatchSampler` each index arrives with the
     resolution of its batch, and ``transform_for_size(img_size)`` builds (once per size) the
-    transform for it.
+    transform for it, and with a seed: the transform's random draws come from it alone (torch's own
+    generator is left as it was), so the result does not depend on which process makes it.
     """
 
     def __init__(
@@ -48,14 +50,22 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, int]:
-        if isinstance(index, tuple):
-            index, img_size = index
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> tuple[Any, int]:
+        seed = None
+        if isinstance(key, tuple):
+            index, img_size, *drawn = key
             transform = self._transform_for(int(img_size))
+            seed = drawn[0] if drawn else None
         else:
-            transform = self.transform
+            index, transform = key, self.transform
         image, label = self._load(int(index))
-        return (transform(image) if transform is not None else image), label
+        if transform is None:
+            return image, label
+        if seed is None:
+            return transform(image), label
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's generator
+            torch.manual_seed(seed)
+            return transform(image), label
 
     def _transform_for(self, img_size: int) -> Transform:
         if self.transform_for_size is None:

@@ -8,6 +8,10 @@ improves accuracy, and that the network learns multi-scale representations witho
 Under DDP every rank must run the same number of steps at the same resolutions, or the gradient
 all-reduce deadlocks; so the resolution sequence depends only on (seed, epoch) while the indices
 are sharded by rank.
+
+Each sample also gets the seed of its augmentation's random draws, from (seed, epoch, rank, its
+place in the epoch): the dataset draws from it alone, so an epoch's images are the same whichever
+DataLoader worker, and however many, make them, and a resumed epoch repeats them exactly.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from torch.utils.data import Sampler
+
+
+class SampleKey(NamedTuple):
+    """What a batch sampler hands the dataset for one sample."""
+
+    index: int  # into the dataset's samples
+    img_size: int  # the resolution of its batch
+    seed: int  # of its augmentation's random draws
 
 
 def default_sizes(base_size: int) -> list[int]:
@@ -26,14 +39,15 @@ def default_sizes(base_size: int) -> list[int]:
     return sorted({*range(low, high + 1, 32), base_size})
 
 
-class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(index, img_size)`` with a per-batch resolution and a batch size scaled to match.
+class MultiScaleBatchSampler(Sampler[list[SampleKey]]):
+    """Batches of :class:`SampleKey` with a per-batch resolution and a batch size scaled to match.
 
-    Call :meth:`set_epoch` before each epoch, like ``DistributedSampler``: the shuffle and the
-    resolutions depend on ``(seed, epoch)``. With ``drop_last`` (the default) each rank gets an
-    equal, disjoint share of the dataset and the few samples left over once no full batch fits are
-    dropped (fewer than one batch at the largest size); without it shards are padded by wrapping
-    around (a few samples seen twice) and the last batch is kept short.
+    Call :meth:`set_epoch` before each epoch, like ``DistributedSampler``: the shuffle, the
+    resolutions and the augmentation seeds depend on ``(seed, epoch)``; ``skip`` batches of the
+    epoch are left out (a resumed epoch starts after those it had trained). With ``drop_last`` (the
+    default) each rank gets an equal, disjoint share of the dataset and the few samples left over
+    once no full batch fits are dropped (fewer than one batch at the largest size); without it
+    shards are padded by wrapping around (a few samples seen twice) and the last batch is kept short.
     """
 
     def __init__(
@@ -67,6 +81,7 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.skip = 0
         self._shard_len = num_samples // world_size if drop_last else math.ceil(num_samples / world_size)
         smallest = self.batch_size_for(max(sizes))
         if drop_last and self._shard_len < smallest:
@@ -75,8 +90,8 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
                 f"({smallest} at {max(sizes)} px): lower base_batch_size or pass drop_last=False"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def batch_size_for(self, size: int) -> int:
         """``max(1, floor(base_batch_size * (base_size / size)**2))``, in exact integer arithmetic."""
@@ -113,12 +128,21 @@ class MultiScaleBatchSampler(Sampler[list[tuple[int, int]]]):
             order += (order * math.ceil(total / len(order)))[: total - len(order)]
         return order[self.rank : total : self.world_size]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[SampleKey]]:
         indices = self.shard()
         start = 0
-        for size, batch_size in self.batch_plan():
-            yield [(index, size) for index in indices[start : start + batch_size]]
+        for number, (size, batch_size) in enumerate(self.batch_plan()):
+            if number >= self.skip:
+                yield [
+                    SampleKey(index, size, self.draw_seed(place))
+                    for place, index in enumerate(indices[start : start + batch_size], start)
+                ]
             start += batch_size
 
+    def draw_seed(self, place: int) -> int:
+        """The augmentation seed of this rank's ``place``-th sample of the epoch (unique across ranks)."""
+        return ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + place * self.world_size + self.rank) % 2**63
+
     def __len__(self) -> int:
+        """Batches in the whole epoch (``skip`` left out of iteration only)."""
         return len(self.batch_plan())

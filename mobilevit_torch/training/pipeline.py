@@ -18,7 +18,6 @@ of processes (each rank takes its slice), and a resumed run replays the exact sa
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -267,6 +266,9 @@ class LoaderTrainBatches:
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
+            # Its workers' base seed comes from here, not from torch's generator (the loop's dropout
+            # stream, which a resumed run restores): when the workers start does not shift it.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     @property
@@ -274,10 +276,10 @@ class LoaderTrainBatches:
         return len(self.sampler)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        self.sampler.set_epoch(epoch)
-        # Workers draw their augmentations from torch's RNG, seeded per worker from this.
-        torch.manual_seed(self.seed * 1_000_003 + epoch)
-        for x, y in itertools.islice(self.loader, start_step, None):
+        # Each image's augmentation draws from its own seed (the sampler's): not from torch's
+        # generator, which the loop seeds for dropout, nor from the workers' own.
+        self.sampler.set_epoch(epoch, skip=start_step)
+        for x, y in self.loader:
             yield Batch(
                 x.shape[-1], {"x": x.to(self.device, non_blocking=True), "y": y.to(self.device, non_blocking=True)}
             )
