@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from mobilevit_torch.data.sampler import MultiScaleBatchSampler, default_sizes
+from mobilevit_torch.training.pipeline import multiscale_sizes
 
 
 def sampler(num_samples: int = 1000, **overrides: object) -> MultiScaleBatchSampler:
@@ -19,6 +20,10 @@ def test_default_sizes() -> None:
     assert default_sizes(224) == [160, 192, 224, 256]
     assert sampler().sizes == [160, 192, 224, 256, 288, 320]
     assert sampler(sizes=[320, 160, 160]).sizes == [160, 320]
+    for base in (128, 224, 256, 320):  # training's rule is the sampler's, on both data paths
+        assert multiscale_sizes(base, None) == default_sizes(base)
+        assert base * 0.625 <= min(default_sizes(base)) and max(default_sizes(base)) <= base * 1.25
+    assert multiscale_sizes(256, [64, 96]) == [64, 96]
 
 
 def test_batch_size_scales_with_inverse_area() -> None:

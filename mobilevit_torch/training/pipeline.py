@@ -29,7 +29,7 @@ from torchvision.transforms import v2 as T
 
 from mobilevit_torch.data.datasets import ImageListDataset
 from mobilevit_torch.data.folder import Sample
-from mobilevit_torch.data.sampler import MultiScaleBatchSampler
+from mobilevit_torch.data.sampler import MultiScaleBatchSampler, default_sizes
 from mobilevit_torch.data.transforms import eval_transform, interpolation_mode, to_model_input
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training.augment import (
@@ -59,8 +59,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def multiscale_sizes(base: int, sizes: list[int] | None) -> list[int]:
-    """The paper's resolutions around ``base`` (multiples of 32, 0.625x to 1.25x) unless given."""
-    return sizes or list(range(max(32, round(base * 0.625 / 32) * 32), round(base * 1.25 / 32) * 32 + 1, 32))
+    """``sizes``, or the paper's resolutions around ``base`` (the sampler's :func:`default_sizes`)."""
+    return sizes or default_sizes(base)
 
 
 def scaled_batch(batch_size: int, base: int, size: int, world_size: int) -> int:
