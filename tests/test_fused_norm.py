@@ -19,7 +19,8 @@ from torch import nn
 
 import mobilevit_torch as mvt
 from mobilevit_torch.layers import ConvNormAct
-from mobilevit_torch.layers.fused_norm import INTERPRET, TRITON_AVAILABLE, fused_norm_applies, set_fused_norm
+from mobilevit_torch.layers.fused_norm import fused_norm_applies, set_fused_norm
+from mobilevit_torch.layers.triton_support import INTERPRET, TRITON_AVAILABLE
 from tests.train_helpers import check_switch_is_off
 
 # ([B, C, H, W], SiLU after BatchNorm): rows not a whole number of tiles, channels not a power of two,

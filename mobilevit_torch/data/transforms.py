@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -54,7 +53,3 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
         ]
     )
 
-
-def load_for_model(image: Image.Image, pre: Preprocessing) -> Tensor:
-    """One PIL image -> a ``[1, 3, S, S]`` batch ready for the model."""
-    return eval_transform(pre)(image.convert("RGB")).unsqueeze(0)

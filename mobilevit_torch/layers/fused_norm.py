@@ -29,7 +29,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from mobilevit_torch.layers.triton_support import INTERPRET, TRITON_AVAILABLE
+from mobilevit_torch.layers.triton_support import KERNEL_DTYPES, TRITON_AVAILABLE, on_kernel_device
 
 if TRITON_AVAILABLE:
     import triton
@@ -39,16 +39,15 @@ if TRITON_AVAILABLE:
 def fused_norm_applies(x: Tensor, bn: nn.Module) -> bool:
     """Whether :func:`batch_norm_act` can stand in for ``bn`` (and the activation) on ``x``."""
     return (
-        TRITON_AVAILABLE
-        and isinstance(bn, nn.BatchNorm2d)
+        isinstance(bn, nn.BatchNorm2d)
         and bn.training
         and bn.track_running_stats
         and bn.running_mean is not None
         and bn.affine
         and bn.momentum is not None
-        and (x.is_cuda or (INTERPRET and x.is_cpu))
+        and on_kernel_device(x)
         and x.dim() == 4
-        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and x.dtype in KERNEL_DTYPES
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.shape[0] * x.shape[2] * x.shape[3] > 1  # PyTorch raises for one value per channel; let it
         and not torch.compiler.is_compiling()
@@ -135,8 +134,9 @@ class _BatchNormAct(torch.autograd.Function):
             float(momentum), float(eps), BLOCK_P=32, BLOCK_C=block_c,
         )  # fmt: skip
         out = torch.empty_like(x)  # channels-last like x
+        flat_out = out.permute(0, 2, 3, 1).view(rows, channels)  # [B, C, H, W] -> [M, C], a view of out
         _apply_kernel[(triton.cdiv(rows, block_m), channel_blocks)](
-            flat, out.permute(0, 2, 3, 1).view(rows, channels), scale, shift, rows, channels,
+            flat, flat_out, scale, shift, rows, channels,
             ACT=act, BLOCK_M=block_m, BLOCK_C=block_c,
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, mean, invstd)
@@ -159,8 +159,9 @@ class _BatchNormAct(torch.autograd.Function):
         )  # fmt: skip
         grad_bias, grad_weight = partials.sum(dim=1)  # [2, P, C] -> [2, C]: sum(dy), sum(dy * xhat)
         grad_x = torch.empty_like(x)
+        flat_grad_x = grad_x.permute(0, 2, 3, 1).view(rows, channels)  # [B, C, H, W] -> [M, C], a view of grad_x
         _grad_input_kernel[(triton.cdiv(rows, block_m), channel_blocks)](
-            flat, flat_grad, grad_x.permute(0, 2, 3, 1).view(rows, channels),
+            flat, flat_grad, flat_grad_x,
             mean, invstd, weight, bias, grad_bias, grad_weight, rows, channels,
             ACT=ctx.act, BLOCK_M=block_m, BLOCK_C=block_c,
         )  # fmt: skip
