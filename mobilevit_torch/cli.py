@@ -96,7 +96,8 @@ def keep_freed_memory() -> str:
     (``mallopt``, the same as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) keeps that
     memory in the process; the price is a peak resident size that does not shrink back (+11 % there).
 
-    The command-line entry points call this first; the library never does (it is process-wide).
+    ``train.py``, ``evaluate.py`` and ``predict.py`` call this before their large allocations (``export.py``
+    does not: it runs one model once); the library never does (it is process-wide).
     Nothing changes when ``MOBILEVIT_KEEP_FREED_MEMORY=0``, when the user tuned malloc already
     (``MALLOC_*``, ``GLIBC_TUNABLES``, or an allocator in ``LD_PRELOAD``), or off glibc.
     """

@@ -75,7 +75,7 @@ class EvalResult:
 
         A 1000-class ImageNet model scored on five folders would otherwise plot a 1000 x 1000 grid.
         """
-        used = (self.confusion.sum(dim=0) + self.confusion.sum(dim=1)).nonzero().flatten()
+        used = (self.confusion.sum(dim=0) + self.confusion.sum(dim=1)).nonzero().flatten()  # [K, 1] -> [K]
         return self.confusion[used][:, used], [self.class_names[i] for i in used.tolist()]
 
     def to_dict(self) -> dict[str, Any]:

@@ -118,6 +118,6 @@ def random_inputs(count: int, preprocessing: Preprocessing, *, seed: int = 0) ->
     generator = torch.Generator().manual_seed(seed)
     size = preprocessing.input_size
     pixels = torch.rand(count, 3, size, size, generator=generator)
-    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)  # [3] -> [1, 3, 1, 1], broadcast over pixels
+    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)  # [3] -> [1, 3, 1, 1]
     return (pixels - mean) / std

@@ -8,7 +8,11 @@ A checkpoint is a plain dictionary (read back with ``torch.load(weights_only=Tru
     class_names     list of class names, index = class id
     preprocessing   Preprocessing.to_dict() (input size, crop, interpolation, scaling, channel order)
     state_dict      model weights (of the uncompiled, unwrapped module)
-    ... training state: epoch, optimizer, scaler, ema, rng, config, metrics (see train.py)
+
+``last.pt`` adds the state a resume needs (built in ``training/loop.py``): ``epoch``, ``step_in_epoch``
+and ``epoch_sums`` (where in the run it stopped), ``optimizer``, ``scaler``, ``ema``, ``rng``,
+``config``, ``history`` (every epoch's metrics record), ``best`` and ``best_confusion``. ``best.pt``
+adds ``epoch``, ``best``, ``confusion`` and ``config``: weights, not a resume point.
 
 ``create_model(model_name, pretrained=path)`` loads one. Tensors are always stored on the CPU.
 

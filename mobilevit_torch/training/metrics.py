@@ -27,7 +27,7 @@ def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if preds.is_floating_point() or targets.is_floating_point():
         raise ValueError("preds and targets must hold integer class ids (take logits.argmax(1) first)")
-    preds, targets = preds.reshape(-1), targets.reshape(-1)
+    preds, targets = preds.reshape(-1), targets.reshape(-1)  # any shape -> [N]
     if preds.numel() != targets.numel():
         raise ValueError(f"preds has {preds.numel()} elements but targets has {targets.numel()}")
     preds, targets = preds.long(), targets.to(device=preds.device, dtype=torch.long)
@@ -43,7 +43,7 @@ def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor
         ids = torch.cat([preds, targets])
         bad = ids[(ids < 0) | (ids >= num_classes)].unique().tolist()
         raise ValueError(f"class ids {bad} are outside [0, {num_classes}) for a {num_classes}-class confusion matrix")
-    return counts.reshape(num_classes, num_classes)
+    return counts.reshape(num_classes, num_classes)  # [C * C] -> [C (true), C (predicted)]
 
 
 def accuracy_from_confusion(cm: Tensor) -> float:
