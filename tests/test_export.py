@@ -576,6 +576,25 @@ def test_config_keys_cover_the_issue() -> None:
         assert key in keys
 
 
+@pytest.mark.parametrize("model", sorted(path.stem for path in (REPO / "conf" / "model").glob("*.yaml")))
+def test_export_config_composes_with_every_model(model: str) -> None:
+    """conf/export.yaml with each model=<file>: as export.py hands it on, accepted by the torch-free checks."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"model={model}"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert config["model"]["name"] == f"mobilevit_{model}" and config["model"]["name"] in list_models()
+    spec = check_arguments(
+        format=config["format"], precision=config["precision"], opset=config["opset"], img_size=config["img_size"],
+        dynamic_batch=config["dynamic_batch"], calib_images=config["calib_images"],
+        check_images=config["check_images"], seed=config["seed"], model=config["model"]["name"],
+        num_classes=config["num_classes"],
+    )  # fmt: skip
+    assert spec.name == "onnx"
+
+
 def test_empty_data_folder(assets: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     with pytest.raises(ExportError, match=r"data.root: no images found"):

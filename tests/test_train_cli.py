@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from mobilevit_torch.registry import list_models
 from mobilevit_torch.training.checkpoint import load_checkpoint
 from mobilevit_torch.training.config import config_from_dict
 from mobilevit_torch.training.loop import train
@@ -34,9 +35,18 @@ def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize("model", ["xxs", "xs", "s"])
-@pytest.mark.parametrize("data", ["flowers", "imagefolder"])
-@pytest.mark.parametrize("recipe", ["default", "keras"])
+def options(group: str) -> list[str]:
+    """The choices of a config group: its files in conf/<group>/, so a new one is tested as it lands."""
+    return sorted(path.stem for path in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_the_model_configs_are_the_registry() -> None:
+    assert [f"mobilevit_{name}" for name in options("model")] == sorted(list_models())
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("recipe", options("recipe"))
 def test_every_config_composes(model: str, data: str, recipe: str) -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"data={data}", f"recipe={recipe}", "data.root=photos"])
