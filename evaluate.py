@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-from mobilevit_torch.cli import check_device_name, keep_freed_memory, non_negative_int, one_line, positive_int
-from mobilevit_torch.files import existing_path
+from mobilevit_torch.cli import non_negative_int, one_line, positive_int, start_inference_script
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,15 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
-    try:
-        existing_path(args.checkpoint, "checkpoint")  # before torch's import (seconds): a typo is told at once
-        check_device_name(args.device)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    # Imported after parsing so --help answers without loading torch.
+    if (code := start_inference_script(args.checkpoint, args.device)) is not None:
+        return code
+    # Imported only now, so --help and the early errors answer without loading torch (seconds).
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from mobilevit_torch.evaluation import USER_ERRORS, evaluate_folder, load_model_from_checkpoint, resolve_device

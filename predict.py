@@ -12,13 +12,11 @@ skipped, each with a warning, and counted at the end.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections import Counter
 from pathlib import Path
 
-from mobilevit_torch.cli import check_device_name, keep_freed_memory, one_line, positive_int
-from mobilevit_torch.files import existing_path
+from mobilevit_torch.cli import one_line, positive_int, start_inference_script
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,15 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
-    # Imported after parsing so --help answers without loading torch.
-    try:
-        existing_path(args.checkpoint, "checkpoint")  # before torch's import (seconds): a typo is told at once
-        check_device_name(args.device)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if (code := start_inference_script(args.checkpoint, args.device)) is not None:
+        return code
+    # Imported only now, so --help and the early errors answer without loading torch (seconds).
     from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device
 
     try:

@@ -254,6 +254,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def start_inference_script(checkpoint: Path, device: str) -> int | None:
+    """What ``evaluate.py`` and ``predict.py`` do before importing torch: logging (warnings, one per
+    line), :func:`keep_freed_memory`, and the checks that need no torch, so a missing checkpoint or a
+    misspelt device is told at once. The exit status after printing the error, or None to go on."""
+    from mobilevit_torch.files import existing_path
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("mobilevit_torch").debug("memory: %s", keep_freed_memory())
+    try:
+        existing_path(checkpoint, "checkpoint")
+        check_device_name(device)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return None
+
+
 def check_device_name(text: str) -> None:
     """Refuse a device other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a ValueError), torch-free:
     a typo is told at once; whether this machine has the device is checked once torch is loaded."""
