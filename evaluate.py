@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     # The results first: a file that cannot be written afterwards must not cost the report.
     skipped = f"; {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
     print(f"model     {model.model_name} from {args.checkpoint}")
-    print(f"data      {args.data_dir} ({result.num_images} images, {len(result.per_class)} classes{skipped})")
+    print(f"data      {args.data_dir} ({result.num_images} image(s), {len(result.per_class)} class(es){skipped})")
     print(f"accuracy  {result.accuracy:.2%}")
     print(f"top-5     {result.top5:.2%}" if result.top5 is not None else "top-5     n/a (fewer than 5 classes)")
     print()

@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> float | None:
     from mobilevit_torch.training.config import config_from_dict  # torch-free: a wrong setting is told at once
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("hydra").setLevel(logging.WARNING)  # its launch lines: a multirun's job says its own below
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode == RunMode.MULTIRUN:  # Hydra's own launch lines are off (hydra_logging: none)

@@ -176,8 +176,10 @@ def evaluate_folder(
     top5_hits = torch.zeros((), dtype=torch.long, device=device)
     skipped: list[tuple[str, str]] = []
     with inference_model(model, device) as runner, torch.inference_mode():
+        # leave=True: the finished bar ends its line, so results printed after it (stdout and stderr
+        # going to one file) start on a line of their own
         for images, labels, unreadable in tqdm(
-            loader, desc=f"evaluating {root.name}", unit="batch", disable=not progress, leave=False
+            loader, desc=f"evaluating {root.name}", unit="batch", disable=not progress, leave=True
         ):
             for path, reason in unreadable:
                 logger.warning("skipping unreadable image %s: %s", path, reason)

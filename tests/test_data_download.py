@@ -135,17 +135,19 @@ def test_prepare_flowers_uses_a_folder_of_classes_as_is(tmp_path: Path) -> None:
 
 
 def test_prepare_flowers_offline_and_bad_checksum(tmp_path: Path, server: tuple[str, Path]) -> None:
-    offline = tmp_path / "offline"
+    offline = tmp_path / "offline" / "flowers"
     with pytest.raises(DataError, match="could not download") as info:
         prepare_flowers(offline, url=UNREACHABLE)
     assert f"Download it yourself and extract it into {offline.absolute()} (it holds" in str(info.value)
     assert "data.root" not in str(info.value)
+    assert not (tmp_path / "offline").exists(), "the folders made for the download go again (a typo'd data.root)"
     url, served = server
     flowers_tgz(served / "flower_photos.tgz")
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(DataError, match="checksum mismatch"):
         prepare_flowers(root, url=f"{url}/flower_photos.tgz", sha256="f" * 64)
-    assert list(root.iterdir()) == []
+    assert list(root.iterdir()) == [], "a folder that was there stays, emptied of what the download wrote"
 
 
 def test_prepare_flowers_never_deletes_a_foreign_folder(tmp_path: Path, server: tuple[str, Path]) -> None:

@@ -53,13 +53,19 @@ def test_cached_eval_batches_have_one_shape_and_pad_with_the_last_image() -> Non
 def test_evaluate_drops_the_padding_logits() -> None:
     model = create_model("mobilevit_xxs", num_classes=3).eval()
     info, cpu = DistInfo(), torch.device("cpu")
-    args = (3, cpu, contextlib.nullcontext(), torch.contiguous_format, info)
+    args = {
+        "num_classes": 3,
+        "device": cpu,
+        "autocast": contextlib.nullcontext(),
+        "memory_format": torch.contiguous_format,
+        "info": info,
+    }
     padded = cached_batches(7, 3)
     whole = cached_batches(7, 7)
     assert len(list(padded)) == 3 and len(list(whole)) == 1
     with torch.no_grad():
-        loss_a, acc_a, cm_a = evaluate(model, padded, *args)
-        loss_b, acc_b, cm_b = evaluate(model, whole, *args)
+        loss_a, acc_a, cm_a = evaluate(model, padded, **args)
+        loss_b, acc_b, cm_b = evaluate(model, whole, **args)
     assert int(cm_a.sum()) == 7
     assert torch.equal(cm_a, cm_b) and acc_a == acc_b
     assert loss_a == pytest.approx(loss_b, rel=1e-5)

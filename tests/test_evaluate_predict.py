@@ -215,9 +215,12 @@ def test_predict_and_evaluate_refuse_models_that_do_not_classify_rgb_images(
 def test_load_model_from_checkpoint_errors(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model_from_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(EvaluationError, match="is a folder"):
-        load_model_from_checkpoint(tmp_path)
+    with pytest.raises(EvaluationError, match=r"is a folder with no checkpoint \(.pt\) in it"):
+        load_model_from_checkpoint(tmp_path)  # e.g. the photo folder, the arguments swapped
     (tmp_path / "notes.pt").write_text("hello")
+    inside = rf"is a folder; pass the checkpoint file inside it \(e.g. {tmp_path}/notes.pt\)"
+    with pytest.raises(EvaluationError, match=inside):
+        load_model_from_checkpoint(tmp_path)
     with pytest.raises(EvaluationError, match=r"cannot read .*notes\.pt"):
         load_model_from_checkpoint(tmp_path / "notes.pt")
     torch.save({"format": "mobilevit-torch", "model_name": "mobilevit_xxs"}, tmp_path / "no_weights.pt")

@@ -601,8 +601,11 @@ def test_empty_data_folder(assets: dict[str, Path], tmp_path: Path) -> None:
         export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], data_root=tmp_path / "empty")
 
 
-def test_int8_is_refused_when_no_image_can_be_held_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One photo per class: the int8 ranges would come from the very images the parity check uses."""
+def test_int8_is_refused_when_no_image_can_be_held_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One photo per class: the int8 ranges would come from the very images the parity check uses.
+    Refused in one line, without first saying the check will go ahead on the calibration images."""
     assert pick_images(make_folder(tmp_path / "two", per_class=2), calib_images=4, check_images=4).held_out
     folder = make_folder(tmp_path / "one", per_class=1)
     assert not pick_images(folder, calib_images=4, check_images=4).held_out
@@ -611,3 +614,4 @@ def test_int8_is_refused_when_no_image_can_be_held_out(tmp_path: Path, monkeypat
         export_model(format="tflite", model="xxs", num_classes=len(CLASSES), precision="int8",
                      data_root=folder, output=tmp_path / "m.tflite", img_size=64)  # fmt: skip
     assert not (tmp_path / "m.tflite").exists()
+    assert "too small to hold images out" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -210,6 +211,22 @@ def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
 
     _, resumed = same_weights(tmp_path / "full", tmp_path / "part")
     assert resumed["epoch"] == 2
+
+
+def test_randaugment_trains_on_the_dataloader_path(folder: Path, tmp_path: Path) -> None:
+    """recipe.randaugment=true (with data.cache=false, which the config asks for) puts RandAugment in
+    the per-image transform, and a run trains with it."""
+    from torchvision.transforms import v2 as T
+
+    from mobilevit_torch.training.pipeline import train_image_transform
+
+    options = {"recipe.randaugment": True, "data.cache": False, "data.num_workers": 0, "epochs": 1,
+               "max_steps_per_epoch": 2, "plots": False, "tensorboard": False}  # fmt: skip
+    config = tiny_config(tmp_path, folder, **options)
+    steps = train_image_transform(config.recipe, Preprocessing(input_size=64), 64).transforms
+    assert any(isinstance(step, T.RandAugment) for step in steps)
+    summary = train(config, tmp_path / "run")
+    assert summary["epochs"] == 1 and math.isfinite(summary["last_val_acc"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: Path) -> None:
@@ -438,7 +455,7 @@ def test_resuming_a_finished_run_leaves_it_untouched(
     monkeypatch.setattr(loop, "prepare_split", no_data)
     with caplog.at_level("WARNING", logger="mobilevit_torch"):
         summary = train(tiny_config(tmp_path, folder, resume=str(run / "last.pt"), **options), tmp_path / "ignored")
-    assert "already finished 1 epochs (epochs=1): nothing to train; pass epochs=N with N > 1" in caplog.text
+    assert "already finished 1 epoch(s) (epochs=1): nothing to train; pass epochs=N with N > 1" in caplog.text
     assert summary == json.loads((run / "summary.json").read_text())
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
     assert not (tmp_path / "ignored").exists()

@@ -277,6 +277,7 @@ def test_multirun_one_run_per_model(folder: Path, tmp_path: Path) -> None:
     names = sorted(load_checkpoint(p)["model_name"] for p in (tmp_path / "sweep").glob("*/last.pt"))
     assert names == ["mobilevit_xs", "mobilevit_xxs"]
     assert "multirun: 2 job(s), settings checked" in result.stderr
+    assert "#1 : " not in result.stderr, "Hydra's own launch lines stay off"
     for number, model in enumerate(["xxs", "xs"]):  # which job is running, and where its files go
         assert f"multirun job #{number}: model={model} " in result.stderr
         assert f"-> {tmp_path / 'sweep' / f'{number}_mobilevit_{model}'}\n" in result.stderr
@@ -318,7 +319,7 @@ def test_resume_continues_with_the_checkpoints_settings(stopped_run: Path, tmp_p
     files = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     assert "- stop_after=1" in (run / ".hydra" / "overrides.yaml").read_text(), "the first command's record"
     again = run_train(f"resume={run / 'last.pt'}", f"hydra.run.dir={run}")  # Hydra pointed at the run itself
-    assert again.returncode == 0 and "already finished 3 epochs" in again.stderr, again.stderr[-2000:]
+    assert again.returncode == 0 and "already finished 3 epoch(s)" in again.stderr, again.stderr[-2000:]
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == files
 
     overrides = as_overrides(config_from_dict(config))

@@ -41,6 +41,7 @@ from tests.train_helpers import tiny_config
         ("data.multiscale_sizes", [], r"data.multiscale_sizes must be null"),
         ("data.sha256", "abc", "data.sha256 must be empty or 64 hexadecimal digits"),
         ("data.root", "", "data=imagefolder needs data.root=PATH"),
+        ("recipe.randaugment", True, r"recipe.randaugment=true runs per image .*: add data.cache=false"),
     ],
 )
 def test_out_of_range_setting_is_named_with_its_range(tmp_path: Path, override: str, value: Any, message: str) -> None:

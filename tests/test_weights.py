@@ -422,6 +422,7 @@ def test_hub_offline_says_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch, tm
         read_pretrained("mobilevit_xxs", True)
     # The command named exists in today's huggingface_hub (its huggingface-cli was removed in 1.0).
     assert "hf download timm/mobilevit_xxs.cvnets_in1k --local-dir mobilevit_xxs.cvnets_in1k" in str(err.value)
-    assert "pretrained='mobilevit_xxs.cvnets_in1k'" in str(err.value)
+    assert "pretrained='mobilevit_xxs.cvnets_in1k'" in str(err.value)  # in Python
+    assert "pretrained=mobilevit_xxs.cvnets_in1k on the command line" in str(err.value)
     with pytest.raises(WeightsError, match="apple/mobilevit-xx-small"):
         create_model("mobilevit_xxs", pretrained="apple/mobilevit-xx-small")

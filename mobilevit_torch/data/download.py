@@ -7,6 +7,7 @@ and unpacked member by member only after every member has been checked to stay i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -154,6 +155,7 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
         # Not ours to delete: it may be the user's own, half-copied data.
         raise DataError(f"{folder} exists but holds no class folders of images; move it away to download tf_flowers")
 
+    made = [path for path in (root, *root.parents) if not path.exists()]  # deepest first
     root.mkdir(parents=True, exist_ok=True)
     archive = root / f"{FLOWERS_FOLDER}.tgz"
     if not (archive.is_file() and sha256_of(archive) == sha256.lower()):
@@ -161,6 +163,9 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
         try:
             download_file(url, archive, sha256=sha256)
         except DataError as error:
+            for path in made:  # a failed download (offline, a typo'd data.root) leaves no empty folders
+                with contextlib.suppress(OSError):
+                    path.rmdir()
             raise DataError(
                 f"{error}. Download it yourself and extract it into {root} (it holds "
                 f"{FLOWERS_FOLDER}/<class>/<image>), or use a folder of class sub-folders of your own"

@@ -155,6 +155,8 @@ def export_model(
                     "its int8 ranges would come from the very images it is checked on; give a folder with "
                     "at least two images per class (ideally the training photos)"
                 )
+            if not picked.held_out:
+                logger.warning("%s is too small to hold images out: checking on the calibration images", data_root)
             check, _ = load_images(picked.check, preprocessing)
             if precision in (*CALIBRATED, "fp16"):  # int8 ranges, fp16's choice of weights: training images
                 calibration, _ = load_images(picked.calibration, preprocessing)

@@ -52,8 +52,7 @@ def pick_images(
     split = make_split(Path(root), seed=split_seed, val_fraction=val_fraction)
     train, val = split.train, split.val
     held_out = bool(val)
-    if not held_out:  # every class has a single image: nothing to hold out
-        logger.warning("%s is too small to hold images out: checking on the calibration images", root)
+    if not held_out:  # every class has a single image: nothing to hold out (the caller says so)
         val = train
     if not train:
         train = val

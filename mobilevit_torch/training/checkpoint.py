@@ -179,7 +179,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = existing_path(path, "checkpoint")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {path / 'best.pt'})")
+        found = sorted(path.glob("*.pt"), key=lambda p: (p.name != "best.pt", p.name))
+        if found:
+            raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it (e.g. {found[0]})")
+        raise CheckpointError(f"{path} is a folder with no checkpoint (.pt) in it; name the checkpoint file")
     try:
         payload = load_checkpoint(path)
     except NotACheckpointError:

@@ -178,6 +178,11 @@ class TrainConfig:
             )
         if not 0.0 <= recipe.crop_pct <= 1.0:
             raise ConfigError(f"recipe.crop_pct must be in (0, 1] (0: the model's own), got {recipe.crop_pct}")
+        if recipe.randaugment and data.cache:
+            raise ConfigError(
+                "recipe.randaugment=true runs per image in DataLoader workers: add data.cache=false "
+                "(the decoded-image cache augments whole batches on the device: crops and flips only)"
+            )
         return self
 
     def check_paths(self) -> TrainConfig:

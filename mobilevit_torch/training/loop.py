@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from mobilevit_torch.training.checkpoint import (
     read_training_checkpoint,
 )
 from mobilevit_torch.training.config import ConfigError, TrainConfig
-from mobilevit_torch.training.data_setup import build_data, prepare_split
+from mobilevit_torch.training.data_setup import TrainData, build_data, prepare_split
 from mobilevit_torch.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,7 +50,7 @@ from mobilevit_torch.training.distributed import (
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
 from mobilevit_torch.training.mixing import Mixer
-from mobilevit_torch.training.resume import restore, resume_changes, rng_state
+from mobilevit_torch.training.resume import NO_BEST, NO_SUMS, restore, resume_changes, rng_state
 from mobilevit_torch.training.run_log import RunLogger, add_log_file, epoch_line, remove_log_files, summary_line
 from mobilevit_torch.training.schedule import learning_rate
 from mobilevit_torch.training.step import TrainStep
@@ -70,7 +72,7 @@ class TrainingInterrupted(RuntimeError):
 
 def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     config.validate()
-    device = resolve_device(config.device)
+    device = training_device(config.device)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -126,26 +128,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     data = build_data(config, split, skipped, model.preprocessing, device, info)
 
     # ---- optimizer, precision, EMA -----------------------------------------------------------
-    steps_per_epoch = data.train_batches.steps_per_epoch
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    steps_per_epoch, updates_per_epoch, lr_at = update_plan(config, data.train_batches.steps_per_epoch)
     accum = config.recipe.accum_steps
-    if steps_per_epoch < accum:
-        raise ConfigError(f"recipe.accum_steps={accum} is more than the {steps_per_epoch} steps of an epoch")
-    steps_per_epoch -= steps_per_epoch % accum  # whole accumulation groups: one update per `accum` batches
-    updates_per_epoch = steps_per_epoch // accum
-    total_updates = config.epochs * updates_per_epoch
-    warmup_updates = round(config.recipe.warmup_epochs * updates_per_epoch)
-
-    def lr_at(update: int) -> float:
-        return learning_rate(
-            update,
-            base_lr=config.recipe.lr,
-            total_steps=total_updates,
-            warmup_steps=warmup_updates,
-            min_lr=config.recipe.min_lr,
-            schedule=config.recipe.schedule,
-        )
 
     amp_dtype = amp_precision(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -169,23 +153,16 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             "CUDA graphs: %s",
             "on (one graph per update)" if use_graphs else f"off ({graphs_blocked or 'cuda_graphs=false'})",
         )
-    if config.fused_norm:
-        blocked = fused_norm_blocked(device, channels_last=config.channels_last, compiled=config.compile)
-        state = f"on ({set_fused_norm(model)} units)" if blocked is None else f"off ({blocked})"
-        logger.info("fused BatchNorm+SiLU kernels: %s", state)
-    if config.layernorm_low_precision:
-        blocked = "amp is off" if amp_dtype is None else "torch.compile fuses the casts" if config.compile else None
-        state = f"on ({set_low_precision_layernorm(model)} LayerNorms)" if blocked is None else f"off ({blocked})"
-        logger.info("LayerNorm in autocast's dtype: %s", state)
+    set_training_kernels(model, config, device, amp_dtype)
 
     # ---- resume ------------------------------------------------------------------------------
-    start_epoch, start_step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1, "weights": "model"}
-    carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+    start_epoch, start_step, history, best, carried = 0, 0, [], dict(NO_BEST), dict(NO_SUMS)
     if resume is not None:
         start_epoch, start_step, history, best, carried = restore(
             resume, model, optimizer, scaler, ema, class_names, config
         )
         logger.info("resumed from %s at epoch %d, step %d", config.resume, start_epoch, start_step)
+    best_confusion: Tensor | None = resume.get("best_confusion") if resume is not None else None
     train_step = TrainStep(
         model,
         train_model,
@@ -237,7 +214,14 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     eval_forward = GraphedForward(model, amp_dtype) if use_graphs else None
     ema_forward = GraphedForward(ema.module, amp_dtype) if use_graphs and ema is not None else None
     eval_autocast = contextlib.nullcontext() if use_graphs else autocast
-    best_confusion: Tensor | None = resume.get("best_confusion") if resume is not None else None
+    validate = functools.partial(
+        evaluate,
+        num_classes=len(class_names),
+        device=device,
+        autocast=eval_autocast,
+        memory_format=memory_format,
+        info=info,
+    )
     epochs_this_run = 0
     writer = CheckpointWriter()  # checkpoints are written in the background while training goes on
     try:
@@ -289,7 +273,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                     )
             bar.close()
             start_step = 0
-            carried = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+            carried = dict(NO_SUMS)
 
             # ---- end of epoch: reduce across ranks, check, evaluate, log, checkpoint ----------
             totals = all_reduce_sum(torch.stack([sums["loss"], sums["correct"], sums["seen"]]), info).tolist()
@@ -297,15 +281,10 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             train_loss = totals[0] / max(totals[2], 1)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
-            val_loss, val_acc, confusion = evaluate(
-                model, data.val_batches(), len(class_names), device, eval_autocast, memory_format, info, eval_forward
-            )
+            val_loss, val_acc, confusion = validate(model, data.val_batches(), forward=eval_forward)
             ema_acc, ema_confusion = None, None
             if ema is not None:
-                _, ema_acc, ema_confusion = evaluate(
-                    ema.module, data.val_batches(), len(class_names), device, eval_autocast, memory_format, info,
-                    ema_forward,
-                )
+                _, ema_acc, ema_confusion = validate(ema.module, data.val_batches(), forward=ema_forward)
             images_trained += totals[2] - seen_before
             record = {
                 "epoch": epoch + 1,
@@ -363,8 +342,31 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 run_log.close()
 
     # ---- report ------------------------------------------------------------------------------
-    loop_s = time.perf_counter() - loop_start
+    timing = {
+        "wall_time_s": time.perf_counter() - started,
+        "setup_time_s": loop_start - started,
+        # The whole loop (steps, validation, checkpoints, logs) over the training images it went through.
+        "loop_time_s": (loop_s := time.perf_counter() - loop_start),
+        "loop_images_per_s": images_trained / loop_s if loop_s > 0 else 0.0,
+    }
     history = run_log.history if run_log else []
+    return report(config, run_dir, data, class_names, history, best, best_confusion, timing, write=info.is_main)
+
+
+def report(
+    config: TrainConfig,
+    run_dir: Path,
+    data: TrainData,
+    class_names: list[str],
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    best_confusion: Tensor | None,
+    timing: dict[str, float],
+    *,
+    write: bool,
+) -> dict[str, Any]:
+    """The run's summary; with ``write`` (the main process, once an epoch was recorded) also
+    ``summary.json``, the plots and the closing log line."""
     summary = {
         "run_dir": str(run_dir),
         "model": config.model.name,
@@ -372,48 +374,84 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
         "train_images": data.num_train,
         "val_images": data.num_val,
         "skipped_files": [list(s) for s in data.skipped],
-        "wall_time_s": time.perf_counter() - started,
-        "setup_time_s": loop_start - started,
-        # The whole loop (steps, validation, checkpoints, logs) over the training images it went through.
-        "loop_time_s": loop_s,
-        "loop_images_per_s": images_trained / loop_s if loop_s > 0 else 0.0,
+        **timing,
     }
-    if history:
-        last = history[-1]
-        summary.update(
-            best_val_acc=best["val_acc"],
-            best_epoch=best["epoch"],
-            best_weights=best["weights"],
-            last_val_acc=last["val_acc"],
-            last_ema_val_acc=last.get("ema_val_acc"),
-            mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history),
-        )
-    if info.is_main and history:
-        if best_confusion is None and (run_dir / "best.pt").exists():
-            best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
-        if best_confusion is not None:
-            accuracies = per_class_accuracy(best_confusion.cpu())
-            # null, not NaN (invalid JSON), for a class without validation images
-            summary["per_class_accuracy"] = {
-                name: None if math.isnan(accuracy) else accuracy
-                for name, accuracy in zip(class_names, accuracies, strict=True)
-            }
-            summary["confusion_matrix"] = best_confusion.cpu().tolist()
-        if config.plots:
-            from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
+    if not history:
+        return summary
+    last = history[-1]
+    summary.update(
+        best_val_acc=best["val_acc"],
+        best_epoch=best["epoch"],
+        best_weights=best["weights"],
+        last_val_acc=last["val_acc"],
+        last_ema_val_acc=last.get("ema_val_acc"),
+        mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history),
+    )
+    if not write:
+        return summary
+    if best_confusion is None and (run_dir / "best.pt").exists():
+        best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
+    if best_confusion is not None:
+        accuracies = per_class_accuracy(best_confusion.cpu())
+        # null, not NaN (invalid JSON), for a class without validation images
+        summary["per_class_accuracy"] = {
+            name: None if math.isnan(accuracy) else accuracy
+            for name, accuracy in zip(class_names, accuracies, strict=True)
+        }
+        summary["confusion_matrix"] = best_confusion.cpu().tolist()
+    if config.plots:
+        from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
 
-            plot_curves(history, run_dir / "curves.png")
-            if best_confusion is not None:
-                plot_confusion_matrix(best_confusion.cpu(), class_names, run_dir / "confusion_matrix.png")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info(summary_line(summary))
+        plot_curves(history, run_dir / "curves.png")
+        if best_confusion is not None:
+            plot_confusion_matrix(best_confusion.cpu(), class_names, run_dir / "confusion_matrix.png")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info(summary_line(summary))
     return summary
 
 
 # ---- pieces the loop calls ------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def set_training_kernels(model: nn.Module, config: TrainConfig, device: torch.device, amp_dtype: Any) -> None:
+    """Switch on the kernels the config asks for where they apply; log for each whether it is on, or why not."""
+    if config.fused_norm:
+        blocked = fused_norm_blocked(device, channels_last=config.channels_last, compiled=config.compile)
+        state = f"on ({set_fused_norm(model)} units)" if blocked is None else f"off ({blocked})"
+        logger.info("fused BatchNorm+SiLU kernels: %s", state)
+    if config.layernorm_low_precision:
+        blocked = "amp is off" if amp_dtype is None else "torch.compile fuses the casts" if config.compile else None
+        state = f"on ({set_low_precision_layernorm(model)} LayerNorms)" if blocked is None else f"off ({blocked})"
+        logger.info("LayerNorm in autocast's dtype: %s", state)
+
+
+def update_plan(config: TrainConfig, batches: int) -> tuple[int, int, Callable[[int], float]]:
+    """The steps of an epoch of ``batches`` (capped by ``max_steps_per_epoch``, whole accumulation
+    groups), its optimizer updates, and the learning rate of each update of the run."""
+    steps = min(batches, config.max_steps_per_epoch) if config.max_steps_per_epoch else batches
+    accum = config.recipe.accum_steps
+    if steps < accum:
+        raise ConfigError(f"recipe.accum_steps={accum} is more than the {steps} steps of an epoch")
+    steps -= steps % accum  # one update per `accum` batches
+    updates = steps // accum
+
+    def lr_at(update: int) -> float:
+        return learning_rate(
+            update,
+            base_lr=config.recipe.lr,
+            total_steps=config.epochs * updates,
+            warmup_steps=round(config.recipe.warmup_epochs * updates),
+            min_lr=config.recipe.min_lr,
+            schedule=config.recipe.schedule,
+        )
+
+    return steps, updates, lr_at
+
+
+def training_device(name: str) -> torch.device:
+    """The config's ``device`` (``auto``, ``cpu`` or ``cuda``; a DDP rank picks its GPU later); a
+    :class:`ConfigError` for ``cuda`` without one. ``evaluation.resolve_device`` is the scripts' own,
+    which also takes ``cuda:N``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -446,13 +484,14 @@ def build_optimizer(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Any,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
     num_classes: int,
     device: torch.device,
-    autocast: Any,
+    autocast: contextlib.AbstractContextManager,
     memory_format: torch.memory_format,
     info: DistInfo,
-    forward: Any = None,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[float, float, Tensor]:
     """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks.
 
@@ -488,7 +527,7 @@ def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> 
     """A resumed run with nothing left to train: its summary, its files untouched (``say``: log why)."""
     if say:
         logger.warning(
-            "the run in %s already finished %d epochs (epochs=%d): nothing to train; pass epochs=N with N > %d "
+            "the run in %s already finished %d epoch(s) (epochs=%d): nothing to train; pass epochs=N with N > %d "
             "to train longer",
             run_dir,
             done,

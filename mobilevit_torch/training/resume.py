@@ -34,6 +34,11 @@ FIXED = {
 PER_INVOCATION = ("resume", "stop_after")
 
 
+# A run's state before its first epoch (copy before changing): no best epoch yet, no epoch sums.
+NO_BEST: dict[str, Any] = {"val_acc": -1.0, "epoch": -1, "weights": "model"}
+NO_SUMS: dict[str, float] = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and other values are leaves."""
     flat: dict[str, Any] = {}
@@ -126,8 +131,8 @@ def restore(
         int(payload["epoch"]),
         step_in_epoch,
         list(payload.get("history", [])),
-        dict(payload.get("best", {"val_acc": -1.0, "epoch": -1, "weights": "model"})),
-        dict(payload.get("epoch_sums") or {"loss": 0.0, "correct": 0.0, "seen": 0.0}),
+        dict(payload.get("best", NO_BEST)),
+        dict(payload.get("epoch_sums") or NO_SUMS),
     )
 
 

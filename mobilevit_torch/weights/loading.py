@@ -280,7 +280,8 @@ def _read_hub(repo_id: str, model_name: str) -> LoadedWeights:
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}). Without network "
             f"access, download it on a machine that has it (hf download {repo_id} --local-dir {folder}; "
             f"huggingface_hub before 0.34: huggingface-cli download) and pass the folder or a file in it: "
-            f"create_model({model_name!r}, pretrained={folder!r})"
+            f"pretrained={folder} on the command line, create_model({model_name!r}, pretrained={folder!r}) "
+            "in Python"
         ) from None
     return read_weights(Path(directory))
 
