@@ -92,22 +92,15 @@ def set_conv_kernels(model: nn.Module, enabled: bool = True) -> int:
     """Switch every folded dense 3x3 unit of ``model`` (stem, MobileViT blocks' local and fusion
     convolutions) to (or from) the kernel; returns how many. Raises ``ValueError`` for a model whose
     BatchNorm is not folded (:func:`~mobilevit_torch.models.fuse.fuse_for_inference`)."""
-    from mobilevit_torch.blocks.mobilevit_block import MobileViTBlock
     from mobilevit_torch.layers.conv_norm_act import ConvNormAct
 
     units = [m for m in model.modules() if isinstance(m, ConvNormAct) and is_dense_3x3(m)]
     if enabled and not all(unit.is_fused for unit in units):
         raise ValueError("the convolution kernels run inference models only: fold BatchNorm first (fuse_for_inference)")
-    # The fusion convolution reads two maps: the block input and the transformer's output, C each.
-    splits = {
-        id(block.conv_fusion): (block.conv_local.conv.in_channels, block.conv_out.conv.out_channels)
-        for block in model.modules()
-        if isinstance(block, MobileViTBlock)
-    }
     for unit in units:
         unit.conv_kernel = enabled
         if enabled:
-            pack_conv(unit, splits.get(id(unit)))
+            pack_conv(unit, unit.input_splits)  # the fusion convolution reads two maps, as its block said
         else:
             unpack_conv(unit)
     return len(units)

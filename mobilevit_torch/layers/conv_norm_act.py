@@ -48,6 +48,9 @@ class ConvNormAct(nn.Module):
 
     fused_norm = False  # training on a GPU: BatchNorm + SiLU as fused Triton kernels (set_fused_norm)
     conv_kernel = False  # folded dense 3x3 units in inference on a GPU: one Triton kernel (set_conv_kernels)
+    # The channels of each map the unit's input is concatenated from, where its owner passes the maps
+    # themselves to the kernel (the MobileViT block's fusion convolution); None: one map.
+    input_splits: tuple[int, ...] | None = None
 
     def __init__(
         self,
