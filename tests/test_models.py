@@ -55,6 +55,15 @@ def test_channels_last_matches_contiguous() -> None:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_channels_last_gradients_have_their_parameters_strides() -> None:
+    """DDP lays its gradient buckets out like the parameters and copies (with a warning) any gradient
+    with other strides: after .to(channels_last), every gradient must come back in its parameter's."""
+    model = create_model("mobilevit_xxs", num_classes=5).to(memory_format=torch.channels_last)
+    model(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)).sum().backward()
+    differ = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert differ == []
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_multi_scale_features(name: str) -> None:
     model = create_model(name).eval()

@@ -107,6 +107,7 @@ class MobileViTBlock(nn.Module):
         self.norm = LayerNorm(transformer_dim)
         self.conv_out = ConvNormAct(transformer_dim, chs, kernel_size=1)
         self.conv_fusion = ConvNormAct(2 * chs, chs, kernel_size=3)
+        self.conv_fusion.input_splits = (chs, chs)  # [block input, transformer output]: the kernel reads both
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
@@ -129,6 +130,19 @@ class MobileViTBlock(nn.Module):
         y = fold_patches(patches, batch, height, width, self.patch_h, self.patch_w, channels_last=channels_last)
         y = conv_out.norm_act(y)  # [B, C, H, W]
         return self._fuse(shortcut, y)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """As ``nn.Module._apply`` (``.to()``, ``.cuda()``, ...), then conv_in's and conv_out's weights
+        back in the standard layout: ``forward`` uses them as ``[d, C]`` matrices, so their gradients
+        come back with those strides. ``.to(memory_format=torch.channels_last)`` would give the
+        ``[d, C, 1, 1]`` weights other strides for the size-1 dims, which DDP's gradient buckets (laid
+        out like the parameters) do not accept without a copy and a warning."""
+        super()._apply(fn, recurse)
+        for weight in (self.conv_in.weight, self.conv_out.conv.weight):
+            _, in_channels, kh, kw = weight.shape  # [d, C, 1, 1] (or [C, d, 1, 1])
+            if weight.stride() != (in_channels * kh * kw, kh * kw, kw, 1):
+                weight.data = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device).copy_(weight.data)
+        return self
 
     def _fuse(self, shortcut: Tensor, y: Tensor) -> Tensor:
         """Fig. 1b's fusion: the 3x3 convolution over the block input concatenated with ``y``. The
