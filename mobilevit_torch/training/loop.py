@@ -77,9 +77,14 @@ def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    package_logger = logging.getLogger("mobilevit_torch")
+    level = package_logger.level
+    if not info.is_main:  # one process tells the progress; the others only their warnings
+        package_logger.setLevel(logging.WARNING)
     try:
         return _train(config, Path(run_dir), device, info)
     finally:
+        package_logger.setLevel(level)
         remove_log_files()
         shutdown(info)
 
