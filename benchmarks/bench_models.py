@@ -80,6 +80,9 @@ from mobilevit_torch.training.mixing import Mixer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from script_checks import output_file  # noqa: E402
+
 IMPLS = (
     "ours", "ours-ref", "ours-fnorm", "ours-lpln", "ours-fused", "ours-fused-ref", "ours-fused-mv2", "ours-fused-k",
     "timm", "hf",
@@ -779,18 +782,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PHASES = ("train", "infer", "latency")
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, list[Mode]], dict[str, list[str]]]:
+    """Every argument checked before anything is built or timed (a mistake is one line, not a traceback
+    after the cases before it): the devices, implementations, modes and phases per device."""
     if args.device == "auto":
         devices = ["cuda" if torch.cuda.is_available() else "cpu"]
     else:
         devices = [d.strip() for d in args.device.split(",")]
+    for device in devices:
+        if device not in ("cpu", "cuda"):
+            raise SystemExit(f"unknown --device {device!r}: use auto, cpu, cuda or cpu,cuda")
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
+    if args.modes and "cuda" not in devices:
+        raise SystemExit("--modes sets the CUDA modes; for the CPU use --cpu-modes")
+    if args.cpu_modes and "cpu" not in devices:
+        raise SystemExit("--cpu-modes sets the CPU modes; for CUDA use --modes")
     impls = [i.strip() for i in args.impl.split(",")]
-    for impl in impls:
-        if impl not in IMPLS:
-            raise SystemExit(f"unknown --impl {impl!r}; choose from {', '.join(IMPLS)}")
+    for impl in [*impls, *(args.compile_impls.split(",") if args.compile_impls else [])]:
+        if impl.strip() not in IMPLS:
+            raise SystemExit(f"unknown implementation {impl!r} (--impl, --compile-impls): use {', '.join(IMPLS)}")
+    if args.compile_mode not in COMPILE_MODES:
+        raise SystemExit(f"unknown --compile-mode {args.compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    for option, number in (("--batch", args.batch), ("--cpu-batch", args.cpu_batch), ("--img-size", args.img_size)):
+        if number < 1:
+            raise SystemExit(f"{option} must be a positive integer, got {number}")
+    if args.img_size % 32:
+        raise SystemExit(f"--img-size must be a multiple of 32 (the network's stride), got {args.img_size}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be a positive integer, got {args.threads}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise SystemExit(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
+    modes, phases = {}, {}
+    for device in devices:
+        mode_text = (args.modes if device == "cuda" else args.cpu_modes) or DEFAULT_MODES[device]
+        try:
+            modes[device] = [parse_mode(m, args.compile_mode) for m in mode_text.split(",") if m.strip()]
+        except ValueError as error:
+            raise SystemExit(f"--{'modes' if device == 'cuda' else 'cpu-modes'}: {error}") from None
+        for mode in modes[device]:
+            if mode.compile_mode is not None and mode.compile_mode not in COMPILE_MODES:
+                raise SystemExit(f"{mode.name}: unknown torch.compile mode; choose from {', '.join(COMPILE_MODES)}")
+            if device == "cpu" and mode.graph:
+                raise SystemExit(f"{mode.name}: +graph replays CUDA graphs; it is a CUDA mode (--modes)")
+        default_phases = "train,infer" if device == "cuda" else ",".join(PHASES)
+        phases[device] = [p.strip() for p in (args.phases or default_phases).split(",")]
+        for phase in phases[device]:
+            if phase not in PHASES:
+                raise SystemExit(f"unknown phase {phase!r} in --phases; choose from {', '.join(PHASES)}")
+    for option in ("json", "markdown"):
+        setattr(args, option, output_file(getattr(args, option), f"--{option}"))
+    return devices, impls, modes, phases
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    devices, impls, modes_by_device, phases_by_device = check_args(args)
     compile_impls = set(impls if args.compile_impls is None else args.compile_impls.split(","))
     if args.keep_freed_memory:
         print(f"memory: {keep_freed_memory()}", flush=True)
@@ -814,10 +865,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for device in devices:
         report["machines"][device] = machine(device, threads)
-        mode_text = (args.modes if device == "cuda" else args.cpu_modes) or DEFAULT_MODES[device]
-        modes = [parse_mode(m, args.compile_mode) for m in mode_text.split(",") if m.strip()]
-        default_phases = "train,infer" if device == "cuda" else "train,infer,latency"
-        phases = [p.strip() for p in (args.phases or default_phases).split(",")]
+        modes, phases = modes_by_device[device], phases_by_device[device]
         batch = args.batch if device == "cuda" else args.cpu_batch
         print(f"== {device}: {report['machines'][device]['name']}, {threads} threads", flush=True)
         for mode in modes:
@@ -867,12 +915,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for c in cases
     ]
     report["headline"] = headline(cases, args.train_py_mode)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.json:  # check_args made sure both can be written
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text + "\n")
         print(f"wrote {args.markdown}")
     return report

@@ -23,8 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mobilevit_torch.registry import create_model  # noqa: E402
+from script_checks import positive_int, require_device  # noqa: E402
+
+from mobilevit_torch.registry import create_model, list_models  # noqa: E402
 from mobilevit_torch.training.checkpoint import CheckpointWriter, model_payload, save_checkpoint  # noqa: E402
 from mobilevit_torch.training.ema import ModelEma  # noqa: E402
 
@@ -33,9 +36,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilevit_xxs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint files")
     args = parser.parse_args(argv)
+    require_device(args.device, "checkpoint_cost.py")
+    if args.model not in list_models():
+        raise SystemExit(f"checkpoint_cost.py: unknown --model {args.model!r}; choose from {', '.join(list_models())}")
 
     model = create_model(args.model, num_classes=5).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -31,6 +31,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from script_checks import output_file, positive_int, require_device
+
 from mobilevit_torch import create_model
 
 PASSES = ("forward", "input grad", "weight grad")
@@ -167,10 +170,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s for the bound (H100 SXM)")
     parser.add_argument("--tflops", type=float, default=989.0, help="dense TFLOP/s for the bound (H100 bf16)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    require_device(args.device, "conv_census.py")
+    if args.dtype is not None and args.dtype not in ("float32", "bfloat16", "float16"):
+        raise SystemExit(f"conv_census.py: --dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
+    args.json = output_file(args.json, "--json")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     torch.backends.cudnn.benchmark = True  # the fastest kernels (train.py skips the search: same speed, NOTES)
     element = torch.finfo(getattr(torch, args.dtype)).bits // 8
@@ -215,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return report
 
 

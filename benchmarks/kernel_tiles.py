@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -28,6 +29,9 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from script_checks import output_file, positive_int, require_device
+
 from mobilevit_torch import create_model
 from mobilevit_torch.blocks import InvertedResidual, MobileViTBlock
 from mobilevit_torch.blocks.mv2_kernel import mv2_forward
@@ -126,12 +130,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiles", default="32x4,64x4,128x4,64x8,128x8", help="BLOCK_Pxnum_warps, comma-separated")
     parser.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s (H100 SXM: 3,350)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=10)
+    parser.add_argument("--iters", type=positive_int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    require_device(args.device, "kernel_tiles.py")
+    args.json = output_file(args.json, "--json")
     if args.device == "cpu" and not ts.INTERPRET:
         raise SystemExit("kernel_tiles.py: the kernels run on CUDA; on the CPU set TRITON_INTERPRET=1 (tests only)")
+    if not re.fullmatch(r"\d+x\d+(,\d+x\d+)*", args.tiles.replace(" ", "")):
+        raise SystemExit(f"kernel_tiles.py: --tiles takes BLOCK_Pxnum_warps, e.g. 32x4,64x8; got {args.tiles!r}")
     tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",") if t.strip()]
 
     model = fuse_for_inference(create_model(f"mobilevit_{args.variant}", num_classes=1000)).to(args.device)
@@ -191,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "device_name": device_name, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
     return report
 
 

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from mobilevit_torch.data.cache import decode_images
-from mobilevit_torch.data.folder import make_split
-from mobilevit_torch.preprocessing import Preprocessing
-from mobilevit_torch.training.config import RecipeConfig
-from mobilevit_torch.training.pipeline import CachedTrainBatches, LoaderTrainBatches, train_cache_size
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from script_checks import output_file, positive_int, require_device  # noqa: E402
+
+from mobilevit_torch.data.cache import decode_images  # noqa: E402
+from mobilevit_torch.data.folder import make_split  # noqa: E402
+from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
+from mobilevit_torch.training.config import RecipeConfig  # noqa: E402
+from mobilevit_torch.training.pipeline import CachedTrainBatches, LoaderTrainBatches, train_cache_size  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -31,13 +39,17 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--img-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--root", type=Path, required=True, help="a photo folder (one sub-folder per class)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--img-size", type=positive_int, default=256, help="(default 256)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
+    parser.add_argument("--workers", type=positive_int, default=8, help="decode and DataLoader processes (default 8)")
+    parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    require_device(args.device, "loader_throughput.py")
+    args.json = output_file(args.json, "--json")
+    if not args.root.is_dir():
+        raise SystemExit(f"loader_throughput.py: --root: no such folder: {args.root}")
     device = torch.device(args.device)
     split = make_split(args.root, seed=0)
     pre = Preprocessing().with_input_size(args.img_size)
@@ -74,6 +86,7 @@ def main() -> None:
         print(f"| {key.removesuffix('_img_s')} | {results[key]:,.0f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models
+from script_checks import positive_int, require_device
 
 KINDS = [  # first match wins; matched against the lower-cased kernel name
     ("depthwise conv", r"depthwise|dgrad.*dw|conv_depthwise|dwconv"),
@@ -45,18 +46,22 @@ def kind(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", default="ours")
-    parser.add_argument("--mode", default="bf16+cl")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--img-size", type=int, default=256)
-    parser.add_argument("--variant", default="xxs")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--impl", default="ours", choices=bench_models.IMPLS, help="(default ours)")
+    parser.add_argument("--mode", default="bf16+cl", help="as bench_models.py's; +graph is ignored (default bf16+cl)")
+    parser.add_argument("--batch", type=positive_int, default=128, help="(default 128)")
+    parser.add_argument("--img-size", type=positive_int, default=256, help="(default 256)")
+    parser.add_argument("--variant", default="xxs", choices=sorted(bench_models.HF_CONFIGS))
+    parser.add_argument("--steps", type=positive_int, default=5, help="steps profiled (default 5)")
+    parser.add_argument("--top", type=positive_int, default=25, help="kernels listed (default 25)")
     parser.add_argument("--phase", default="train", choices=("train", "infer"))
     args = parser.parse_args()
     args.dropout = "off"
+    require_device("cuda", "profile_step.py (it profiles GPU kernels)")
     torch.backends.cudnn.benchmark = True
-    mode = bench_models.parse_mode(args.mode, "default")
+    try:
+        mode = bench_models.parse_mode(args.mode, "default")
+    except ValueError as error:
+        raise SystemExit(f"--mode: {error}") from None
     mode = bench_models.Mode(mode.name, mode.bf16, mode.channels_last, mode.compile_mode, False, mode.recipe)
     case = bench_models.Case("cuda", args.impl, mode, args.phase, args.batch)
     step = bench_models.build_step(case, args)

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from script_checks import positive_int  # noqa: E402
+
 # TrainStep's and GraphedForward's log lines: "... as a CUDA graph (...): 3.2 s of warm-up ..., 0.4 s to capture"
 CAPTURE = re.compile(r"captured .* as a CUDA graph .*: ([\d.]+) s of warm-up .*, ([\d.]+) s to capture")
 
@@ -119,11 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="photo folder (class sub-folders)")
-    parser.add_argument("--model", default="xxs")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", default="xxs", help="train.py's model=: xxs, xs or s (default xxs)")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="(default 30)")
     parser.add_argument("--variant", action="append", default=None, help="NAME=override,override (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("e2e"))
+    parser.add_argument("--out", type=Path, default=Path("e2e"), help="folder for the runs and tables (default e2e)")
     args = parser.parse_args(argv)
+    if not Path(args.root).is_dir():
+        raise SystemExit(f"train_e2e.py: --root: no such folder: {args.root}")
     args.root = str(Path(args.root).resolve())
     args.out.mkdir(parents=True, exist_ok=True)
     variants = args.variant or ["default="]
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + text)
     (args.out / "train_e2e.json").write_text(json.dumps(rows, indent=2))
     (args.out / "train_e2e.md").write_text(text + "\n")
+    print(f"wrote {args.out / 'train_e2e.json'} and train_e2e.md")
+    failed = [row["variant"] for row in rows if str(row.get("status", "")).startswith("failed")]
+    if failed:
+        raise SystemExit(f"train_e2e.py: {len(failed)} of {len(rows)} variant(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
