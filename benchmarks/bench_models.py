@@ -56,6 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Kineto (the profiler the CPU rows use for peak memory) logs an alarming "ERROR ... gpuGetDeviceCount
+# failed" on a machine without a GPU; its level must be set before torch loads it.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
