@@ -7,6 +7,7 @@ Hydra stops here: the composed config becomes a plain ``TrainConfig`` and ``trai
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def main(cfg: DictConfig) -> float | None:
         elif not holds_run(output_dir):  # a folder that holds a run keeps its record (train() refuses it)
             record_config(cfg, output_dir)
             recorded = True
-        logging.getLogger("mobilevit_torch").info("memory: %s", keep_freed_memory())  # before any large allocation
+        memory = keep_freed_memory()  # before any large allocation
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone tells (train() does the same)
+            logging.getLogger("mobilevit_torch").info("memory: %s", memory)
         summary = train(config, output_dir)
     except Exception as error:
         if recorded and exit_code(error) == 2 and not holds_run(output_dir):

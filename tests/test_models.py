@@ -311,6 +311,8 @@ def test_torch_export_dynamic_batch() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated, but still what many deploy with
+# The trace is fixed to the traced input size, which its TracerWarning says (README: graph capture).
+@pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean:torch.jit.TracerWarning")
 @pytest.mark.parametrize("fused", [False, True])
 def test_torch_jit_trace_passes_its_own_check(fused: bool) -> None:
     """``torch.jit.trace`` traces with autograd on, then traces again under ``no_grad`` to check the
