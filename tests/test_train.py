@@ -14,13 +14,14 @@ import torch
 
 from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import DataError
+from mobilevit_torch.data.sampler import MultiScaleBatchSampler
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.data_setup import check_batch_size
 from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, train
-from mobilevit_torch.training.pipeline import CachedTrainBatches
+from mobilevit_torch.training.pipeline import CachedTrainBatches, Shard
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
 
@@ -277,15 +278,39 @@ def test_keras_crop_covers_the_same_share_of_the_image_at_every_scale() -> None:
     """Cached path: the random crop is img_size pixels of the resized cache whatever size it is resampled to."""
     recipe = RecipeConfig(augment="keras", crop_pct=64 / 70, mixup=0.0)
     pre = Preprocessing(input_size=64)
-    images = torch.zeros(40, 3, 70, 70, dtype=torch.uint8)
+    images = torch.zeros(200, 3, 70, 70, dtype=torch.uint8)
     source = CachedTrainBatches(
-        images, torch.zeros(40, dtype=torch.long), batch_size=4, img_size=64, pre=pre, recipe=recipe, seed=0,
+        images, torch.zeros(200, dtype=torch.long), batch_size=4, img_size=64, pre=pre, recipe=recipe, seed=0,
         sizes=[32, 64, 96],
     )  # fmt: skip
     plan = source._plan(0)
     assert {size for _, size, _, _ in plan} == {32, 64, 96}
     for _, _, boxes, _ in plan:
         assert torch.allclose(boxes[:, 2:], torch.tensor(64 / 70))  # half-extent in normalised coordinates
+
+
+@pytest.mark.parametrize(("world_size", "batch"), [(1, 13), (2, 14)])
+def test_both_data_paths_scale_multiscale_batches_alike(world_size: int, batch: int) -> None:
+    """The cached path's whole batch at each size is the DataLoader path's per-rank batch times the ranks,
+    and, like the sampler, it drops fewer images at the end of an epoch than its smallest batch."""
+    recipe, pre, sizes = RecipeConfig(mixup=0.0), Preprocessing(input_size=64), [32, 64, 96]
+    images, labels = torch.zeros(203, 3, 8, 8, dtype=torch.uint8), torch.zeros(203, dtype=torch.long)
+    cached = CachedTrainBatches(
+        images, labels, batch_size=batch, img_size=64, pre=pre, recipe=recipe, seed=0, shard=Shard(0, world_size),
+        sizes=sizes,
+    )  # fmt: skip
+    for rank in range(world_size):
+        per_rank = batch // world_size
+        sampler = MultiScaleBatchSampler(
+            203, base_size=64, base_batch_size=per_rank, sizes=sizes, seed=0, rank=rank, world_size=world_size
+        )
+        for epoch in range(3):
+            plan = cached._plan(epoch)
+            drawn = {size: len(indices) for indices, size, _, _ in plan}
+            assert set(drawn) == set(sizes)
+            assert drawn == {size: world_size * sampler.batch_size_for(size) for size in sizes}
+            assert 203 - sum(len(indices) for indices, _, _, _ in plan) < min(drawn.values())
+    assert sampler.batch_size_for(96) == {1: 5, 2: 3}[world_size]  # floor(batch / ranks * (64 / 96)**2): odd
 
 
 def test_keras_recipe_and_multiscale_run(folder: Path, tmp_path: Path) -> None:

@@ -39,6 +39,12 @@ def default_sizes(base_size: int) -> list[int]:
     return sorted({*range(low, high + 1, 32), base_size})
 
 
+def scaled_batch_size(batch_size: int, base_size: int, size: int) -> int:
+    """``max(1, floor(batch_size * (base_size / size)**2))`` in exact integer arithmetic: the batch at
+    ``size`` px that costs about the pixels of ``batch_size`` images at ``base_size`` (one rank's share)."""
+    return max(1, batch_size * base_size**2 // size**2)
+
+
 class MultiScaleBatchSampler(Sampler[list[SampleKey]]):
     """Batches of :class:`SampleKey` with a per-batch resolution and a batch size scaled to match.
 
@@ -94,8 +100,8 @@ class MultiScaleBatchSampler(Sampler[list[SampleKey]]):
         self.epoch, self.skip = epoch, skip
 
     def batch_size_for(self, size: int) -> int:
-        """``max(1, floor(base_batch_size * (base_size / size)**2))``, in exact integer arithmetic."""
-        return max(1, self.base_batch_size * self.base_size**2 // size**2)
+        """This rank's batch at ``size`` px: :func:`scaled_batch_size` of ``base_batch_size``."""
+        return scaled_batch_size(self.base_batch_size, self.base_size, size)
 
     def batch_plan(self, epoch: int | None = None) -> list[tuple[int, int]]:
         """``(img_size, batch_size)`` of every batch of an epoch — the same on every rank."""

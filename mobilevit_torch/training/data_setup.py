@@ -212,10 +212,7 @@ def check_multiscale_batch(num_train: int, config: TrainConfig, sizes: list[int]
     """Refuse multi-scale sizes whose batch, scaled up by area, is larger than the training set (an epoch
     could never hold such a batch)."""
     batch, base, size = config.data.batch_size, config.data.img_size, min(sizes)  # smallest images: largest batch
-    if config.data.cache:
-        scaled = batch if size == base else pipeline.scaled_batch(batch, base, size, world_size)
-    else:  # MultiScaleBatchSampler: each rank scales its share
-        scaled = world_size * max(1, (batch // world_size) * base**2 // size**2)
+    scaled = pipeline.scaled_batch(batch, base, size, world_size)
     if scaled > num_train:
         raise ConfigError(
             f"data.multiscale: at {size} px the batch is scaled to {scaled} images (data.batch_size={batch} x "

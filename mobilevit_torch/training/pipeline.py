@@ -29,7 +29,7 @@ from torchvision.transforms import v2 as T
 
 from mobilevit_torch.data.datasets import ImageListDataset
 from mobilevit_torch.data.folder import Sample
-from mobilevit_torch.data.sampler import MultiScaleBatchSampler, default_sizes
+from mobilevit_torch.data.sampler import MultiScaleBatchSampler, default_sizes, scaled_batch_size
 from mobilevit_torch.data.transforms import eval_transform, interpolation_mode, to_model_input
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training.augment import (
@@ -64,12 +64,9 @@ def multiscale_sizes(base: int, sizes: list[int] | None) -> list[int]:
 
 
 def scaled_batch(batch_size: int, base: int, size: int, world_size: int) -> int:
-    """Batch size for ``size`` so every step costs about the same pixels.
-
-    A multiple of ``2 * world_size``: every rank gets an even batch (mixup pairs images)."""
-    step = 2 * world_size
-    scaled = max(step, int(batch_size * (base / size) ** 2))
-    return scaled - scaled % step
+    """The whole batch (all ranks) at ``size`` px: each rank's share scaled by area as the
+    :class:`MultiScaleBatchSampler` of the DataLoader path scales it, so both paths take the same steps."""
+    return world_size * scaled_batch_size(batch_size // world_size, base, size)
 
 
 class CachedTrainBatches:
@@ -102,16 +99,20 @@ class CachedTrainBatches:
         order = torch.randperm(len(self.labels), generator=generator)
         plan, position = [], 0
         while True:
+            # Near the end of the epoch only sizes whose batch still fits are drawn (as the sampler of the
+            # DataLoader path does): less than the smallest batch is dropped, like drop_last=True.
+            remaining = len(order) - position
+            fitting = [
+                size
+                for size in self.sizes or [self.img_size]
+                if scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size) <= remaining
+            ]
+            if not fitting:
+                return plan
             size = self.img_size
             if self.sizes:
-                size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=generator))]
-            batch = (
-                self.batch_size
-                if size == self.img_size
-                else scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size)
-            )
-            if position + batch > len(order):
-                return plan  # drop the last partial batch, like drop_last=True
+                size = fitting[int(torch.randint(len(fitting), (1,), generator=generator))]
+            batch = scaled_batch(self.batch_size, self.img_size, size, self.shard.world_size)
             indices = order[position : position + batch]
             position += batch
             if self.recipe.augment == "keras":
