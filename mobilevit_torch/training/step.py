@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mobilevit_torch.graphed import capture
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.mixing import Mixer, smoothed_targets, soft_cross_entropy
 from mobilevit_torch.training.pipeline import Batch
@@ -160,17 +160,8 @@ class TrainStep:
         backup = [t.clone() for t in saved]
         missing = self._optimizer_params_without_state()
         ema_updates = self.ema.updates if self.ema is not None else 0
-        begin = time.perf_counter()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_UPDATES):
-                self._update(static_batches, static_mixes)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # own memory pool per batch shape; synchronises on entry
-            warmed = time.perf_counter()
-            self._update(static_batches, static_mixes)
+        # One graph per batch shape, each with its own memory pool.
+        graph, _, warm_s, capture_s = capture(lambda: self._update(static_batches, static_mixes), WARMUP_UPDATES)
         # Undo the warm-up updates in place (the graph holds these very tensors).
         with torch.no_grad():
             for tensor, value in zip(saved, backup, strict=True):
@@ -189,8 +180,8 @@ class TrainStep:
             "(cuDNN's algorithm search, compilation), %.1f s to capture",
             "+".join(str(len(next(iter(b.tensors.values())))) for b in batches),
             batches[0].size,
-            warmed - begin,
-            time.perf_counter() - warmed,
+            warm_s,
+            capture_s,
         )
         return graph, static_batches, static_mixes
 
