@@ -70,7 +70,8 @@ class OnnxRunner:
 class TFLiteRunner:
     """The LiteRT (``ai_edge_litert``) interpreter, one NHWC image per call, XNNPACK on the CPU."""
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, content: bytes | None = None) -> None:
+        """Runs the file at ``path``, or ``content`` when given (a model held in memory; ``path`` names it)."""
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -78,7 +79,10 @@ class TFLiteRunner:
                 'running a .tflite file needs ai-edge-litert, not installed: pip install "mobilevit-torch[export]"'
             ) from None
         self.path = path
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        if content is None:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        else:
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -89,7 +93,11 @@ class TFLiteRunner:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         # [N, 3, H, W] -> [N, H, W, 3]
-        images = np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)), dtype=np.float32)
+        return self.nhwc(np.transpose(images, (0, 2, 3, 1)))
+
+    def nhwc(self, images: np.ndarray) -> np.ndarray:
+        """Logits ``[N, classes]`` of ``[N, H, W, 3]`` inputs, one image per call as an app runs them."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
         return np.concatenate([self._one(images[i : i + 1]) for i in range(len(images))])
 
     def _one(self, image: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ Needs only LiteRT (``ai-edge-litert``: its flatbuffer tools and interpreter), no
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,19 +128,11 @@ def choose_float16(
 
 
 def logits_on(probe: np.ndarray, threads: int = 2) -> Callable[[bytes], np.ndarray]:
-    """A function from TFLite file contents to its ``[N, classes]`` logits on ``probe`` (float input, batch 1)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """A function from TFLite file contents to its ``[N, classes]`` logits on ``probe`` (``[N, H, W, 3]``)."""
+    from mobilevit_torch.export.runtime import TFLiteRunner
 
     def run(content: bytes) -> np.ndarray:
-        interpreter = Interpreter(model_content=content, num_threads=threads)
-        interpreter.allocate_tensors()
-        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-        logits = []
-        for image in probe:
-            interpreter.set_tensor(inp["index"], image[None])
-            interpreter.invoke()
-            logits.append(interpreter.get_tensor(out["index"])[0].copy())
-        return np.stack(logits)
+        return TFLiteRunner(Path("<fp16 candidate>"), threads=threads, content=content).nhwc(probe)
 
     return run
 
