@@ -76,6 +76,24 @@ def test_bench_models_cpu_table_json_and_ratios(
     assert "LayerNorm in autocast's dtype, ours-lpln / ours-fnorm" in out
 
 
+def test_headline_best_vs_best_leaves_out_modes_timm_has_no_result_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's compiled case skipped (e.g. past --time-budget): ours compiled must not be set against timm eager."""
+    bench = _bench_models(monkeypatch)
+    eager, compiled = bench.parse_mode("fp32", "default"), bench.parse_mode("fp32+compile", "default")
+
+    def case(impl: str, mode, seconds: float | None):
+        samples = [] if seconds is None else [seconds]
+        status = "ok" if samples else "skipped"
+        return bench.Case("cpu", impl, mode, "infer", batch=10, samples_s=samples, status=status)
+
+    cases = [case("ours", eager, 0.1), case("ours", compiled, 0.02), case("timm", eager, 0.05)]
+    cases.append(case("timm", compiled, None))
+    lines = bench.headline(cases, "fp32")
+    best = next(line for line in lines if "infer best vs best" in line)
+    assert "ours [fp32] 100.0 img/s / timm [fp32] 200.0 img/s = 0.50" in best, lines
+    assert not any("best vs timm compiled" in line for line in lines)  # nothing of timm's compiled to compare
+
+
 def _module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
