@@ -172,6 +172,30 @@ def test_best_pt_finds_its_training_folder(tmp_path: Path, caplog: pytest.LogCap
     assert f"real images from the checkpoint's data folder {photos}" in caplog.text
 
 
+def test_flowers_checkpoint_finds_the_class_folders_training_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """data=flowers stores data.root (data/flowers); training split its flower_photos/ folder, and so must export
+    (it used to read data/flowers as one class 'flower_photos', so its "held-out" images were training photos)."""
+    root = tmp_path / "flowers"
+    photos = make_folder(root / "flower_photos")
+    (root / "LICENSE.txt").write_text("the dataset's licence")
+    checkpoint = make_checkpoint(tmp_path / "m.pt")
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["config"] = {"seed": 0, "data": {"kind": "flowers", "root": str(root), "val_fraction": 0.1}}
+    save_checkpoint(checkpoint, payload)
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
+        result = export_model(format="onnx", checkpoint=checkpoint, check_images=3, output=tmp_path / "m.onnx")
+    assert f"real images from the checkpoint's data folder {photos}" in caplog.text
+    assert "not the model's" not in caplog.text
+    assert result.parity.real_images and result.parity.images == 3
+    # A folder of other classes is used as asked, with a warning that names both lists.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
+        export_model(format="onnx", checkpoint=checkpoint, check_images=3, data_root=root, output=tmp_path / "o.onnx")
+    assert f"data.root {root} holds the classes [flower_photos], not the model's [cat, dog, owl]" in caplog.text
+
+
 def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
     result = export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], img_size=192, check_images=1,
                           output=tmp_path / "m.onnx", opset=20)  # fmt: skip

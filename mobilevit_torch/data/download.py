@@ -137,6 +137,16 @@ def _walk(path: str, links: set[str]) -> tuple[str, str | None]:
     return "/".join(parts) or ".", None
 
 
+def find_flowers(root: Path) -> Path | None:
+    """Where tf_flowers' class folders are under ``root`` (``data=flowers``' ``data.root``): ``root/flower_photos``
+    when it holds class folders of images, else ``root`` itself when it does; ``None`` when neither does."""
+    root = Path(root).expanduser()
+    for folder in (root / FLOWERS_FOLDER, root):
+        if _has_class_folders(folder):
+            return folder
+    return None
+
+
 def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS_SHA256) -> Path:
     """The tf_flowers class folders under ``root``: found there, or downloaded and extracted.
 
@@ -146,11 +156,9 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
     never leaves a half-extracted dataset that would later pass for a complete one.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
+    if (found := find_flowers(root)) is not None:
+        return found
     folder = root / FLOWERS_FOLDER
-    if _has_class_folders(folder):
-        return folder
-    if _has_class_folders(root):
-        return root
     if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
         # Not ours to delete: it may be the user's own, half-copied data.
         raise DataError(f"{folder} exists but holds no class folders of images; move it away to download tf_flowers")

@@ -149,6 +149,12 @@ def export_model(
                 raise ExportError(f"data.root: {error}") from None
             logger.warning("not using the checkpoint's data folder: %s", error)
         else:
+            if net.class_names and picked.class_names != class_names:
+                logger.warning(
+                    "data.root %s holds the classes %s, not the model's %s: the check images are held out "
+                    "only from a split of this folder (give the folder of class sub-folders the model trained on)",
+                    picked.root, _few(picked.class_names), _few(class_names),
+                )  # fmt: skip
             if precision in CALIBRATED and not picked.held_out:
                 raise ExportError(
                     f"data.root: {data_root} holds one image per class, too few for precision={precision}: "
@@ -227,6 +233,12 @@ def export_model(
     if not report.meets_aim:
         logger.warning("%s: top-1 agreement below the aim for %s: %s", path.name, precision, report.summary())
     return result
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """``names`` for a message: the first ``shown`` of a long list, and how many more."""
+    listed = ", ".join(names[:shown])
+    return f"[{listed}, … {len(names) - shown} more]" if len(names) > shown else f"[{listed}]"
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from mobilevit_torch.data.download import find_flowers
 from mobilevit_torch.export.errors import ExportError
 from mobilevit_torch.export.request import check_source
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
@@ -119,10 +120,13 @@ def load_model(source: ModelSource) -> nn.Module:
 
 
 def checkpoint_data_root(source: ModelSource) -> Path | None:
-    """The image folder the checkpoint was trained on, when its config names one that exists here."""
+    """The image folder the checkpoint was trained on, when its config names one that exists here: for
+    ``data=flowers`` the class folders training found under its ``data.root`` (``flower_photos/``)."""
     data = source.training_config.get("data")
     root = data.get("root") if isinstance(data, dict) else None
     if not isinstance(root, str) or not root:
         return None
     path = Path(root).expanduser()
+    if data.get("kind") == "flowers":
+        return find_flowers(path)
     return path if path.is_dir() else None
