@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -430,8 +431,17 @@ def test_missing_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("format=tflite needs ") and "onnx2tf" in message.split(", not installed")[0]
-    assert 'not installed: pip install "mobilevit-torch[export]"' in message
-    assert "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0" in message
+    python = shlex.quote(sys.executable)
+    assert message.endswith(
+        f"not installed (from the repository root): {python} -m pip install -e '.[onnx]' && "
+        f"bash scripts/install_export_deps.sh {python}"
+    ), message
+    assert (REPO / "scripts" / "install_export_deps.sh").is_file()
+    # ONNX alone needs the [onnx] extra, not TensorFlow.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name))
+    with pytest.raises(ExportError) as error:
+        export_model(format="onnx", model="xxs")
+    assert str(error.value).endswith(f"not installed (from the repository root): {python} -m pip install -e '.[onnx]'")
 
 
 def _no_work(*args: object, **kwargs: object) -> None:

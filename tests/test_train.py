@@ -20,7 +20,7 @@ from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.data_setup import check_batch_size
-from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, train
+from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, diverged_message, train
 from mobilevit_torch.training.pipeline import CachedTrainBatches, Shard
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
@@ -236,9 +236,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder: Path, tmp_path: P
     last = tmp_path / "run" / "last.pt"
     before = last.read_bytes()
     bad = tiny_config(tmp_path, folder, resume=str(last), **{**options, "recipe.lr": 1e30, "recipe.warmup_epochs": 0})
-    with pytest.raises(TrainingDiverged, match="loss became (nan|inf).*last good checkpoint"):
+    diverged = r"loss became (nan|inf).*last good checkpoint.*or set recipe.clip_grad=1\.0\.$"
+    with pytest.raises(TrainingDiverged, match=diverged):
         train(bad, tmp_path / "ignored")
     assert last.read_bytes() == before
+    # With clipping on (the default recipe), the hint is a smaller clip, not the one already set.
+    assert diverged_message(0, 0, math.nan, tmp_path / "run", 1.0).endswith("or a recipe.clip_grad below 1.")
 
 
 def test_clear_errors_before_training(tmp_path: Path) -> None:

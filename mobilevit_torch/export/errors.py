@@ -10,15 +10,14 @@ output that could not be written: disk full, permission denied; no partial file 
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 # onnx2tf pins exact, older versions of numpy/onnx/onnxruntime/protobuf and tf-keras requires the
-# `tensorflow` package (not `tensorflow-cpu`); both are installed without their dependencies, which
-# the [export] extra provides. scripts/install_export_deps.sh runs exactly these commands.
-EXPORT_EXTRA = 'pip install "mobilevit-torch[export]"'
-NO_DEPS_PACKAGES = "onnx2tf==1.29.24 tf-keras==2.21.0"
+# `tensorflow` package (not `tensorflow-cpu`): scripts/install_export_deps.sh installs both without their
+# dependencies and what they import at run time with verified versions (`make install` runs it).
 
 # Python modules each format needs at export time (import name -> package that provides it).
 ONNX_MODULES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"}
@@ -48,6 +47,15 @@ class ParityError(RuntimeError):
     """The exported file's outputs differ from PyTorch's by more than the precision allows."""
 
 
+def install_hint(*, tflite: bool) -> str:
+    """The commands that install the ONNX toolchain, and with ``tflite`` the TFLite one, into this interpreter's
+    environment, run from the repository root (``make install`` runs both for ``.venv``)."""
+    python = shlex.quote(sys.executable)
+    onnx = f"{python} -m pip install -e '.[onnx]'"
+    tflite_part = f"bash scripts/install_export_deps.sh {python}"
+    return f"{onnx} && {tflite_part}" if tflite else onnx
+
+
 def require_modules(modules: dict[str, str], *, purpose: str) -> None:
     """Fail with one line naming the install command when any of ``modules`` is missing.
 
@@ -57,10 +65,8 @@ def require_modules(modules: dict[str, str], *, purpose: str) -> None:
     missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
     if not missing:
         return
-    install = EXPORT_EXTRA
-    if any(module in modules for module in ("onnx2tf", "tf_keras")):
-        install += f" && pip install --no-deps {NO_DEPS_PACKAGES}"
-    raise ExportError(f"{purpose} needs {', '.join(missing)}, not installed: {install}")
+    install = install_hint(tflite=any(module in modules for module in ("onnx2tf", "tf_keras")))
+    raise ExportError(f"{purpose} needs {', '.join(missing)}, not installed (from the repository root): {install}")
 
 
 def onnxsim_executable() -> str:
@@ -70,5 +76,6 @@ def onnxsim_executable() -> str:
         return str(beside)
     found = shutil.which("onnxsim")
     if found is None:
-        raise ExportError(f"format=tflite needs the onnxsim command, not found: {EXPORT_EXTRA}")
+        install = install_hint(tflite=True)
+        raise ExportError(f"format=tflite needs the onnxsim command, not found (from the repository root): {install}")
     return found

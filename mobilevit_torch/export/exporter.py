@@ -83,7 +83,7 @@ def export_model(
         dynamic_batch: ONNX only: a symbolic batch dimension instead of 1.
         data_root: a folder of real images (one sub-folder per class) for calibration and parity checks;
             by default the checkpoint's training folder when it exists here, else random inputs
-            (which ``int8`` refuses).
+            (which ``int8`` and ``int8_mixed`` refuse).
         calib_images, check_images: how many images calibrate int8, and how many the parity check runs.
         seed: picks the images (and the random inputs without a folder).
 

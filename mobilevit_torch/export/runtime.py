@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobilevit_torch.export.errors import ONNX_MODULES, ConversionError, ExportError, require_modules
+from mobilevit_torch.export.errors import ONNX_MODULES, ConversionError, ExportError, install_hint, require_modules
 
 
 class Runner(Protocol):
@@ -76,7 +76,8 @@ class TFLiteRunner:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             raise ExportError(
-                'running a .tflite file needs ai-edge-litert, not installed: pip install "mobilevit-torch[export]"'
+                "running a .tflite file needs ai-edge-litert, not installed (from the repository root): "
+                + install_hint(tflite=True)
             ) from None
         self.path = path
         if content is None:

@@ -60,7 +60,7 @@ class RecipeConfig:
     accum_steps: int = 1
     augment: Literal["rrc", "keras"] = "rrc"
     resize: int = 0  # side of the cached (squashed) training images; 0: data.img_size / crop_pct
-    crop_pct: float = 0.0  # keras augment: the random crop's share of that side; 0: the model's preprocessing
+    crop_pct: float = 0.0  # resize 0: cache at img_size / crop_pct (keras: the crop's share); 0: the model's
     rrc_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.5
@@ -177,7 +177,7 @@ class TrainConfig:
                 f"data.batch_size must be even with mixup/cutmix (pairs of images), got {data.batch_size}"
             )
         if not 0.0 <= recipe.crop_pct <= 1.0:
-            raise ConfigError(f"recipe.crop_pct must be in (0, 1] (0: the model's own), got {recipe.crop_pct}")
+            raise ConfigError(f"recipe.crop_pct must be in (0, 1], or 0 for the model's own, got {recipe.crop_pct}")
         if recipe.randaugment and data.cache:
             raise ConfigError(
                 "recipe.randaugment=true runs per image in DataLoader workers: add data.cache=false "

@@ -259,7 +259,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
                 if log_point:  # a host sync: only every log_every steps
                     running = (sums["loss"] / sums["seen"]).item()
                     if not math.isfinite(running):
-                        raise TrainingDiverged(diverged_message(epoch, done - 1, running, run_dir))
+                        message = diverged_message(epoch, done - 1, running, run_dir, config.recipe.clip_grad)
+                        raise TrainingDiverged(message)
                     bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.2e}")
                 stop_now = stop.signum is not None
                 if info.enabled:  # ranks must agree; ask the others only at the log points (a sync)
@@ -285,7 +286,8 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
             train_time = time.perf_counter() - epoch_start
             train_loss = totals[0] / max(totals[2], 1)
             if not math.isfinite(train_loss):
-                raise TrainingDiverged(diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir))
+                message = diverged_message(epoch, steps_per_epoch - 1, train_loss, run_dir, config.recipe.clip_grad)
+                raise TrainingDiverged(message)
             val_loss, val_acc, confusion = validate(model, data.val_batches(), forward=eval_forward)
             ema_acc, ema_confusion = None, None
             if ema is not None:
@@ -573,10 +575,8 @@ class StopSignal:
             signal.signal(signum, handler)
 
 
-def diverged_message(epoch: int, step: int, value: float, run_dir: Path) -> str:
+def diverged_message(epoch: int, step: int, value: float, run_dir: Path, clip_grad: float) -> str:
     last = run_dir / "last.pt"
     kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-    return (
-        f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. "
-        "Lower recipe.lr, or set recipe.clip_grad=1.0."
-    )
+    clip = "set recipe.clip_grad=1.0" if clip_grad <= 0 else f"a recipe.clip_grad below {clip_grad:g}"
+    return f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. Lower recipe.lr, or {clip}."
