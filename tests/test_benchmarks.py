@@ -189,10 +189,9 @@ def test_conv_census_times_every_convolution_of_a_step(tmp_path: Path, monkeypat
         ("bf16+cl+compile:max-autotune", True),
     ],
 )
-def test_graphed_modes_count_their_capture_in_the_peak(
-    monkeypatch: pytest.MonkeyPatch, mode: str, graphed: bool
-) -> None:
-    """A replay allocates nothing: for these modes the peak memory is taken over the capture too."""
+def test_which_modes_replay_cuda_graphs(monkeypatch: pytest.MonkeyPatch, mode: str, graphed: bool) -> None:
+    """The modes whose CUDA peak memory is taken over the capture too (a replay allocates nothing); the peak
+    itself is measured on a GPU only."""
     bench = _bench_models(monkeypatch)
     assert bench.uses_cuda_graphs(bench.parse_mode(mode, "default")) is graphed
 

@@ -13,14 +13,14 @@ from mobilevit_torch import create_model, list_models
 from mobilevit_torch.blocks import MobileViTBlock, fold_patches, unfold_patches
 from mobilevit_torch.layers import ConvNormAct
 from mobilevit_torch.models.fuse import fuse_for_inference
-from tests.conftest import randomize_norms
+from tests.conftest import assert_input_sensitive, input_sensitive, randomize_norms
 
 
 @pytest.mark.parametrize(
     ("name", "channels_last"), [(name, True) for name in list_models()] + [("mobilevit_xxs", False)]
 )
 def test_fused_model_matches_eval_model(name: str, channels_last: bool) -> None:
-    model = randomize_norms(create_model(name)).eval()
+    model = input_sensitive(create_model(name)).eval()
     fused = fuse_for_inference(model, channels_last=channels_last)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert not any(isinstance(m, nn.Dropout) for m in fused.modules())
@@ -30,6 +30,7 @@ def test_fused_model_matches_eval_model(name: str, channels_last: bool) -> None:
         x = torch.rand(2, 3, size, size)
         with torch.inference_mode():
             diff = (fused(x) - model(x)).abs().max().item()
+            assert_input_sensitive(model(x), model(x.flip(1)))
         assert diff <= 1e-5, f"{size}px: max abs diff {diff}"
 
 
@@ -45,7 +46,7 @@ def _set_onednn_kernel(model: nn.Module, enabled: bool) -> None:
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 def test_folded_units_run_packed_onednn_kernels_on_the_cpu() -> None:
-    model = randomize_norms(create_model("mobilevit_xxs")).eval()
+    model = input_sensitive(create_model("mobilevit_xxs")).eval()
     fused = fuse_for_inference(model)
     plain = copy.deepcopy(fused)
     _set_onednn_kernel(plain, False)
@@ -93,7 +94,7 @@ def test_packed_kernels_stay_out_of_autograd_autocast_and_unfolded_units() -> No
 
 
 def test_fusion_leaves_the_original_untouched() -> None:
-    model = randomize_norms(create_model("mobilevit_xxs")).eval()
+    model = input_sensitive(create_model("mobilevit_xxs")).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fuse_for_inference(model)
     after = model.state_dict()
@@ -148,7 +149,7 @@ def test_block_fast_path_trains_like_the_reference(channels_last: bool) -> None:
 
 
 def test_inference_copy_binds_submodules_and_parameters_as_plain_attributes() -> None:
-    model = randomize_norms(create_model("mobilevit_xxs", num_classes=10)).eval()
+    model = input_sensitive(create_model("mobilevit_xxs", num_classes=10)).eval()
     fused = fuse_for_inference(model)
     for module in fused.modules():
         for registry in (module._modules, module._parameters):
@@ -157,7 +158,7 @@ def test_inference_copy_binds_submodules_and_parameters_as_plain_attributes() ->
     assert not any(name in model.__dict__ for name in model._modules), "the original model is not touched"
 
     x = torch.rand(2, 3, 64, 64)
-    other = fuse_for_inference(randomize_norms(create_model("mobilevit_xxs", num_classes=10)).eval())
+    other = fuse_for_inference(input_sensitive(create_model("mobilevit_xxs", num_classes=10)).eval())
     with torch.inference_mode():
         before = fused(x)
         fused.load_state_dict(other.state_dict())  # in place: the bound parameters are the same objects

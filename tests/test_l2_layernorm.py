@@ -12,7 +12,7 @@ from torch import nn
 
 from mobilevit_torch import create_model
 from mobilevit_torch.export.l2_layernorm import L2LayerNorm, with_l2_layernorms
-from tests.conftest import randomize_norms
+from tests.conftest import input_sensitive
 
 
 def _random_norm(channels: int, eps: float, **kwargs: bool) -> nn.LayerNorm:
@@ -75,7 +75,7 @@ def test_only_last_dimension() -> None:
 
 
 def test_with_l2_layernorms_copies_the_model() -> None:
-    model = randomize_norms(create_model("mobilevit_xxs", num_classes=3)).eval()
+    model = input_sensitive(create_model("mobilevit_xxs", num_classes=3)).eval()
     layernorms = sum(isinstance(m, nn.LayerNorm) for m in model.modules())
     swapped = with_l2_layernorms(model)
     assert layernorms == 21  # 9 transformer layers x 2 + one after each of the 3 MobileViT blocks
@@ -93,7 +93,7 @@ def test_onnx_graph(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from mobilevit_torch.export.to_tflite import export_tflite_onnx
 
-    model = randomize_norms(create_model("mobilevit_xxs", num_classes=3)).eval()
+    model = input_sensitive(create_model("mobilevit_xxs", num_classes=3)).eval()
     path = export_tflite_onnx(model, tmp_path / "m.onnx", img_size=64)
     ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
     assert ops["ReduceSumSquare"] == ops["Sqrt"] == ops["Div"] == 21

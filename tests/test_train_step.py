@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from mobilevit_torch import create_model
 from mobilevit_torch.training.ema import ModelEma
 from mobilevit_torch.training.mixing import Mixer, smoothed_targets, soft_cross_entropy
+from mobilevit_torch.training.pipeline import Batch
 from mobilevit_torch.training.step import TrainStep
 
 
@@ -89,3 +92,38 @@ def test_graphs_refused_with_a_reason_where_impossible() -> None:
             device=torch.device("cpu"),
             cuda_graphs=True,
         )
+
+
+@pytest.mark.parametrize("clip_grad", [0.0, 0.05])  # 0.05: below the gradient's norm, clipping is in play
+def test_accumulated_micro_batches_make_the_whole_batchs_update(clip_grad: float) -> None:
+    """accum 2 x 4 images makes the update of one batch of 8: the gradient of the mean loss over all 8, clipped
+    once. Plain SGD, so a gradient scaled wrong shows in the weights (AdamW's update barely depends on its scale);
+    eval mode, so BatchNorm's statistics and dropout are the same however the images are grouped."""
+    start = create_model("mobilevit_xxs", num_classes=3).eval()
+    x, y = torch.rand(8, 3, 64, 64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    results = []
+    for parts in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        step = TrainStep(
+            model,
+            model,
+            optimizer,
+            materialize=lambda b: (b.tensors["x"], b.tensors["y"]),
+            num_classes=3,
+            label_smoothing=0.1,
+            mixer=None,
+            clip_grad=clip_grad,
+            ema=None,
+            amp_dtype=None,
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            memory_format=torch.contiguous_format,
+            device=torch.device("cpu"),
+            cuda_graphs=False,
+        )
+        step([Batch(64, {"x": x[part], "y": y[part]}) for part in parts], None, lr=1.0)
+        results.append((model.state_dict(), {name: value.item() for name, value in step.sums.items()}))
+    (whole, whole_sums), (accumulated, accumulated_sums) = results
+    assert not torch.equal(whole["classifier.weight"], start.state_dict()["classifier.weight"])  # it did update
+    torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
+    assert accumulated_sums == pytest.approx(whole_sums, rel=1e-5)

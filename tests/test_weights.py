@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from mobilevit_torch import WeightsError, create_model, list_models
 from mobilevit_torch.weights import detect_layout, read_pretrained
-from tests.conftest import randomize_norms
+from tests.conftest import assert_input_sensitive, input_sensitive
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -27,7 +27,7 @@ HF_CONFIGS = {  # the sizes transformers' conversion script gives each variant
 
 def hf_model(name: str, num_labels: int = 1000) -> torch.nn.Module:
     config = transformers.MobileViTConfig(num_labels=num_labels, **HF_CONFIGS[name])
-    return randomize_norms(transformers.MobileViTForImageClassification(config)).eval()
+    return input_sensitive(transformers.MobileViTForImageClassification(config)).eval()
 
 
 def assert_same_logits(reference, ours, sizes=SIZES) -> None:
@@ -37,12 +37,14 @@ def assert_same_logits(reference, ours, sizes=SIZES) -> None:
             expected = reference(x)
             expected = getattr(expected, "logits", expected)
             diff = (ours(x) - expected).abs().max().item()
+            other = reference(x.flip(1))  # the same pixels in BGR order
+            assert_input_sensitive(expected, getattr(other, "logits", other))
         assert diff <= 1e-5, f"{size}px: max abs diff {diff}"
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_timm_parity(name: str, tmp_path: Path) -> None:
-    reference = randomize_norms(timm.create_model(name)).eval()
+    reference = input_sensitive(timm.create_model(name)).eval()
     save_file(reference.state_dict(), tmp_path / "model.safetensors")
     ours = create_model(name, pretrained=tmp_path / "model.safetensors").eval()
     assert_same_logits(reference, ours)
@@ -144,7 +146,7 @@ def test_cvnets_layout_parity(name: str, tmp_path: Path) -> None:
 
 
 def test_new_num_classes_reinitialises_classifier(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     torch.save(reference.state_dict(), tmp_path / "timm.pth")
     with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
         ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.pth", num_classes=5).eval()
@@ -156,7 +158,7 @@ def test_new_num_classes_reinitialises_classifier(tmp_path: Path, caplog: pytest
 
 
 def test_num_classes_0_leaves_the_classifier_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     save_file(reference.state_dict(), tmp_path / "timm.safetensors")
     with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
         ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", num_classes=0).eval()
@@ -168,14 +170,14 @@ def test_num_classes_0_leaves_the_classifier_out(tmp_path: Path, caplog: pytest.
 
 def test_pretrained_with_drop_path_rate_keeps_eval_parity(tmp_path: Path) -> None:
     """Stochastic depth adds no weights and does nothing in eval mode: fine-tune from timm's weights with it."""
-    reference = randomize_norms(timm.create_model("mobilevit_xs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xs")).eval()
     save_file(reference.state_dict(), tmp_path / "model.safetensors")
     ours = create_model("mobilevit_xs", pretrained=tmp_path / "model.safetensors", drop_path_rate=0.1).eval()
     assert_same_logits(reference, ours, sizes=(256,))
 
 
 def test_forward_head_pre_logits_and_get_classifier_match_timm(tmp_path: Path) -> None:
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     save_file(reference.state_dict(), tmp_path / "timm.safetensors")
     ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors").eval()
     torch.testing.assert_close(ours.get_classifier().state_dict(), reference.get_classifier().state_dict())
@@ -199,7 +201,7 @@ def test_features_only_matches_timm_and_transformers_feature_maps(tmp_path: Path
     for level, (mine, theirs) in enumerate(zip(out, expected, strict=True)):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=f"level {level}")
 
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     save_file(reference.state_dict(), tmp_path / "timm.safetensors")
     ours = create_model(
         "mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", features_only=True, out_indices=(0, 1, 2, 3)
@@ -214,7 +216,7 @@ def test_features_only_matches_timm_and_transformers_feature_maps(tmp_path: Path
 
 
 def test_a_backbone_loads_its_own_weights_and_its_part_of_a_whole_models(tmp_path: Path) -> None:
-    whole = randomize_norms(create_model("mobilevit_xxs", num_classes=4))
+    whole = input_sensitive(create_model("mobilevit_xxs", num_classes=4))
     torch.save(whole.state_dict(), tmp_path / "whole.pt")
     short = create_model("mobilevit_xxs", features_only=True, out_indices=(1,), pretrained=tmp_path / "whole.pt")
     assert short.feature_info.channels() == [24]
@@ -234,7 +236,7 @@ def test_a_backbone_loads_its_own_weights_and_its_part_of_a_whole_models(tmp_pat
 def test_grayscale_model_from_rgb_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """in_chans=1 sums the first convolution over R, G, B: a gray image gives what the RGB model gives
     for the same gray replicated to three channels."""
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     save_file(reference.state_dict(), tmp_path / "timm.safetensors")
     with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
         gray = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", in_chans=1).eval()
@@ -260,7 +262,7 @@ def test_more_input_channels_from_rgb_weights_follow_timm(
 ) -> None:
     from timm.models._manipulate import adapt_input_conv as timm_adapt_input_conv
 
-    reference = randomize_norms(timm.create_model("mobilevit_xxs")).eval()
+    reference = input_sensitive(timm.create_model("mobilevit_xxs")).eval()
     save_file(reference.state_dict(), tmp_path / "timm.safetensors")
     with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
         ours = create_model("mobilevit_xxs", pretrained=tmp_path / "timm.safetensors", in_chans=in_chans).eval()
@@ -336,7 +338,7 @@ def test_damaged_files_are_called_damaged(tmp_path: Path) -> None:
 def test_files_are_read_by_content_not_by_suffix(name: str, tmp_path: Path) -> None:
     """Whatever the name says; mobilevit_xs's safetensors header length happens to start with byte 0x80,
     which is also how a legacy (non-zip) torch.save pickle starts."""
-    reference = randomize_norms(timm.create_model(name)).eval()
+    reference = input_sensitive(timm.create_model(name)).eval()
     save_file(reference.state_dict(), tmp_path / "renamed.pth")
     torch.save(reference.state_dict(), tmp_path / "renamed.safetensors")
     torch.save(reference.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,31 @@ def all_reduce_sum(tensor: Tensor, info: DistInfo) -> Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def check_same_weights(parameters: Iterable[Tensor], info: DistInfo) -> None:
+    """Raise when the processes' parameters differ. DDP keeps them bitwise equal (one start, broadcast; the same
+    averaged gradients; the same optimizer), so a difference means a rank trained on its own gradients, and rank
+    0's checkpoint would not be the run's model. Compares two float64 sums per tensor, plain and weighted by
+    position (so a change that moves no total still shows): two small all-reduces."""
+    if not info.enabled:
+        return
+    sums = torch.stack([_checksum(p.detach()) for p in parameters])  # [tensors, 2]
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    differ = int((low != high).any(1).sum())
+    if differ:
+        raise RuntimeError(
+            f"the {info.world_size} training processes hold different weights ({differ} of {len(sums)} tensors): "
+            "their gradients were not averaged"
+        )
+
+
+def _checksum(tensor: Tensor) -> Tensor:
+    values = tensor.double().flatten()  # [n]
+    position = torch.arange(1, values.numel() + 1, device=values.device, dtype=torch.float64)
+    return torch.stack([values.sum(), (values * position).sum()])
 
 
 def barrier(info: DistInfo) -> None:

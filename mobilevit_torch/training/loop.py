@@ -44,6 +44,7 @@ from mobilevit_torch.training.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_flag,
+    check_same_weights,
     init_distributed,
     shutdown,
 )
@@ -283,6 +284,7 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
 
             # ---- end of epoch: reduce across ranks, check, evaluate, log, checkpoint ----------
             totals = all_reduce_sum(torch.stack([sums["loss"], sums["correct"], sums["seen"]]), info).tolist()
+            check_same_weights(model.parameters(), info)  # before rank 0 checkpoints them as the run's
             train_time = time.perf_counter() - epoch_start
             train_loss = totals[0] / max(totals[2], 1)
             if not math.isfinite(train_loss):
