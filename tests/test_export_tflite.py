@@ -83,6 +83,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every TFLite precision of a tiny MobileViT from one onnx2tf run, with its images and PyTorch logits."""
     tmp_path = tmp_path_factory.mktemp("tiny")
     folder = make_folder(tmp_path / "photos", per_class=8)
+    torch.manual_seed(0)  # a module fixture: set up before the per-test seed
     model = input_sensitive(MobileViT(TINY, num_classes=3))
     pre = model.preprocessing.with_input_size(64)
     picked = pick_images(folder, calib_images=12, check_images=6)

@@ -76,22 +76,26 @@ def test_graphs_refused_with_a_reason_where_impossible() -> None:
     assert TrainStep.graphs_possible(torch.device("cuda"), distributed=False, scaler_enabled=False) is None
     model = create_model("mobilevit_xxs", num_classes=5)
     with pytest.raises(ValueError, match="not on a CUDA device"):
-        TrainStep(
-            model,
-            model,
-            torch.optim.AdamW(model.parameters()),
-            materialize=lambda b: (b.tensors["x"], b.tensors["y"]),
-            num_classes=5,
-            label_smoothing=0.0,
-            mixer=None,
-            clip_grad=0.0,
-            ema=None,
-            amp_dtype=None,
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            memory_format=torch.contiguous_format,
-            device=torch.device("cpu"),
-            cuda_graphs=True,
-        )
+        cpu_step(model, torch.optim.AdamW(model.parameters()), cuda_graphs=True)
+
+
+def cpu_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, **options: object) -> TrainStep:
+    """A float32 TrainStep on the CPU over batches of ``x`` and ``y`` tensors: no mixing, clipping or EMA unless
+    ``options`` say so."""
+    settings: dict = {
+        "materialize": lambda b: (b.tensors["x"], b.tensors["y"]),
+        "num_classes": model.num_classes,
+        "label_smoothing": 0.0,
+        "mixer": None,
+        "clip_grad": 0.0,
+        "ema": None,
+        "amp_dtype": None,
+        "scaler": torch.amp.GradScaler("cpu", enabled=False),
+        "memory_format": torch.contiguous_format,
+        "device": torch.device("cpu"),
+        "cuda_graphs": False,
+    }
+    return TrainStep(model, model, optimizer, **(settings | options))
 
 
 @pytest.mark.parametrize("clip_grad", [0.0, 0.05])  # 0.05: below the gradient's norm, clipping is in play
@@ -104,23 +108,7 @@ def test_accumulated_micro_batches_make_the_whole_batchs_update(clip_grad: float
     results = []
     for parts in ([slice(0, 8)], [slice(0, 4), slice(4, 8)]):
         model = copy.deepcopy(start)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        step = TrainStep(
-            model,
-            model,
-            optimizer,
-            materialize=lambda b: (b.tensors["x"], b.tensors["y"]),
-            num_classes=3,
-            label_smoothing=0.1,
-            mixer=None,
-            clip_grad=clip_grad,
-            ema=None,
-            amp_dtype=None,
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            memory_format=torch.contiguous_format,
-            device=torch.device("cpu"),
-            cuda_graphs=False,
-        )
+        step = cpu_step(model, torch.optim.SGD(model.parameters(), lr=0.0), label_smoothing=0.1, clip_grad=clip_grad)
         step([Batch(64, {"x": x[part], "y": y[part]}) for part in parts], None, lr=1.0)
         results.append((model.state_dict(), {name: value.item() for name, value in step.sums.items()}))
     (whole, whole_sums), (accumulated, accumulated_sums) = results
