@@ -58,6 +58,13 @@ def test_squash_keeps_everything_and_center_crop_keeps_the_middle(tmp_path: Path
     assert cropped.shape == (3, 12, 12)
     assert (cropped[1] >= 250).all() and (cropped[0] <= 5).all() and (cropped[2] <= 5).all()
 
+    # A tall image keeps its middle too: horizontal stripes, red on top, green between, blue at the bottom.
+    tall = tmp_path / "x" / "tall.png"
+    Image.open(striped(tall, [RED, GREEN, BLUE], width=96)).transpose(Image.Transpose.ROTATE_270).save(tall)
+    cropped = decode_images([Sample(str(tall), 0)], size=12, mode="center_crop", cache_dir=None, progress=False)
+    middle = cropped.images[0]
+    assert (middle[1] >= 250).all() and (middle[0] <= 5).all() and (middle[2] <= 5).all()
+
 
 def test_decode_skips_bad_files(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     samples, _ = scan_image_folder(folder)
@@ -105,8 +112,12 @@ def test_second_call_decodes_nothing(folder: Path, tmp_path: Path, monkeypatch: 
     assert reordered.paths == first.paths[::-1]
     assert torch.equal(reordered.images, first.images.flip(0))
 
-    # A different size, mode or set of files is a different cache: these must decode, and here fail.
-    for size, mode, subset in ((16, "squash", samples), (8, "center_crop", samples), (8, "squash", samples[:2])):
+    # A different size, mode, set of files or labelling (a class folder added that sorts first) is a different
+    # cache: these must decode, and here fail.
+    relabelled = [Sample(s.path, s.label + 1) for s in samples]
+    for size, mode, subset in (
+        (16, "squash", samples), (8, "center_crop", samples), (8, "squash", samples[:2]), (8, "squash", relabelled)
+    ):  # fmt: skip
         with pytest.raises(AssertionError, match="decoded although"):
             decode_images(subset, size=size, mode=mode, cache_dir=cache_dir, progress=False)
 

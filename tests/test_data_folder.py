@@ -113,6 +113,8 @@ def test_split_is_stratified(tmp_path: Path) -> None:
 
     small = make_split(tmp_path, seed=0, val_fraction=0.01)
     assert Counter(s.label for s in small.val) == {0: 1, 1: 1, 2: 1}  # never 0 from a class of >= 2
+    seven = make_split(class_tree(tmp_path / "seven", {"a": 7}), seed=0, val_fraction=0.25)
+    assert len(seven.val) == 2  # 7 x 0.25 = 1.75 rounds to 2, not down to 1
 
 
 def test_split_is_deterministic_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,11 +136,14 @@ def test_split_is_deterministic_per_seed(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_split_of_one_class_does_not_depend_on_other_classes(tmp_path: Path) -> None:
+    """Adding classes (one sorting first, so every label shifts) leaves the other classes' photos where they were."""
     root = class_tree(tmp_path, {"a": 20, "b": 20})
     before = make_split(root, seed=3, val_fraction=0.25)
-    class_tree(root, {"c": 8})
+    class_tree(root, {"0first": 8, "c": 8})
     after = make_split(root, seed=3, val_fraction=0.25)
-    assert [s for s in after.val if s.label < 2] == before.val
+    assert after.class_names == ["0first", "a", "b", "c"]
+    kept = {s.path for s in after.val if after.class_names[s.label] in ("a", "b")}
+    assert kept == {s.path for s in before.val} and len(kept) == 10
 
 
 def test_train_and_val_folders_are_used_as_given(tmp_path: Path) -> None:

@@ -244,6 +244,11 @@ def test_run_logger_resume_appends_and_replaces_redone_epochs(tmp_path: Path, mo
     assert [row["val_acc"] for row in _csv_rows(run / "metrics.csv")[1]] == ["0.0", "0.1", "0.9"]
     # TensorBoard purges the old epochs 2 and 3 as well.
     assert _scalars(run, "val_acc") == [(0, 0.0), (1, pytest.approx(0.1)), (2, pytest.approx(0.9))]
+    # The last epoch alone redone (stopped while saving it): its record is replaced, not written twice.
+    with RunLogger(run, resume=True, tensorboard=False) as log:
+        log.log_epoch({"epoch": 2, "val_acc": 0.8, "train_loss": 0.0})
+    assert [(r["epoch"], r["val_acc"]) for r in _jsonl(run / "metrics.jsonl")] == [(0, 0.0), (1, 0.1), (2, 0.8)]
+    assert [row["val_acc"] for row in _csv_rows(run / "metrics.csv")[1]] == ["0.0", "0.1", "0.8"]
 
     # A fresh (not resumed) logger in the same folder starts the files over.
     with RunLogger(run, tensorboard=False) as log:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -63,6 +64,20 @@ def test_ema_update_is_the_ramped_average() -> None:
     decay = min(0.999, 2 / 11)
     assert torch.allclose(ema.module.weight, decay * start + (1 - decay) * model.weight)
     assert ema.updates == 1
+
+
+def test_ema_decay_caps_the_ramp() -> None:
+    """Once the ramp (1 + n) / (10 + n) passes the configured decay, the decay is what each update keeps."""
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.zero_()
+        ema.module.weight.fill_(1.0)
+    for _ in range(20):
+        ema.update(model)
+    assert ema.weight.item() == pytest.approx(0.5)  # the ramp alone would be 1 - 21/30 = 0.3
+    kept = math.prod(min(0.5, (1 + n) / (10 + n)) for n in range(1, 21))  # what is left of the start
+    assert torch.allclose(ema.module.weight, torch.full((2, 3), kept), rtol=1e-4)
 
 
 def test_graphs_refused_with_a_reason_where_impossible() -> None:

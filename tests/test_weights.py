@@ -59,6 +59,7 @@ def test_transformers_parity_save_pretrained_dir(name: str, tmp_path: Path) -> N
     assert_same_logits(reference, ours)
     assert ours.preprocessing.channel_order == "BGR"
     assert ours.preprocessing.interpolation == "bilinear"
+    assert ours.preprocessing.resize_size == 288 and ours.preprocessing.crop_pct == 256 / 288  # Apple's evaluation
 
 
 def test_transformers_parity_bin_file(tmp_path: Path) -> None:
