@@ -17,7 +17,7 @@ from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.data.sampler import MultiScaleBatchSampler
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
-from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.data_setup import check_batch_size
 from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, diverged_message, train
@@ -114,6 +114,21 @@ def test_resume_matches_uninterrupted_run(folder: Path, tmp_path: Path, cache: b
     assert history == [1, 2, 3]
 
 
+def test_resume_keeps_the_best_epoch_so_far(folder: Path, tmp_path: Path) -> None:
+    """The best accuracy before the stop still counts after it: a resumed epoch that does worse neither becomes
+    "best" nor overwrites best.pt (here the stored best is made unbeatable, 100 %)."""
+    options = {"epochs": 3, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False}
+    train(tiny_config(tmp_path, folder, stop_after=1, **options), tmp_path / "part")
+    last = load_checkpoint(tmp_path / "part" / "last.pt")
+    last["best"] = {"val_acc": 1.0, "epoch": 1, "weights": "model"}
+    save_checkpoint(tmp_path / "part" / "last.pt", last)
+    best_before = (tmp_path / "part" / "best.pt").read_bytes()
+
+    summary = train(tiny_config(tmp_path, folder, resume=str(tmp_path / "part" / "last.pt"), **options), tmp_path)
+    assert (summary["epochs"], summary["best_epoch"], summary["best_val_acc"]) == (3, 1, 1.0)
+    assert (tmp_path / "part" / "best.pt").read_bytes() == best_before
+
+
 def test_resume_from_a_last_pt_copied_elsewhere_keeps_the_whole_record(folder: Path, tmp_path: Path) -> None:
     """last.pt copied alone into a new folder and resumed there: the metrics files and summary.json
     hold every epoch (from the checkpoint's history), and the summary keeps its confusion matrix."""
@@ -194,7 +209,9 @@ def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
     its dropout, as the uninterrupted run did."""
     import mobilevit_torch.training.loop as loop
 
-    options = {"epochs": 2, "plots": False, "tensorboard": False, "data.cache": cache, "data.num_workers": 2}
+    # Batch 4: 5 steps an epoch, so the stop after step 2 leaves 3 for the resumed run to train.
+    options = {"epochs": 2, "plots": False, "tensorboard": False, "data.cache": cache, "data.num_workers": 2,
+               "data.batch_size": 4}  # fmt: skip
     train(tiny_config(tmp_path, folder, **options), tmp_path / "full")
     fired = []
 
@@ -208,10 +225,13 @@ def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
         patch.setattr(loop, "learning_rate", learning_rate)
         with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
             train(tiny_config(tmp_path, folder, **options), tmp_path / "part")
+    stopped = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert (stopped["epoch"], stopped["step_in_epoch"]) == (0, 2)  # in the middle of epoch 1 of 5 steps
     train(tiny_config(tmp_path, folder, resume=str(tmp_path / "part" / "last.pt"), **options), tmp_path / "ignored")
 
-    _, resumed = same_weights(tmp_path / "full", tmp_path / "part")
+    full, resumed = same_weights(tmp_path / "full", tmp_path / "part")
     assert resumed["epoch"] == 2
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in full["history"]]
 
 
 def test_randaugment_trains_on_the_dataloader_path(
