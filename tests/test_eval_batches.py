@@ -86,3 +86,36 @@ def test_loader_eval_batches_have_one_shape(tmp_path: Path) -> None:
     assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 32, 32)] * 2
     assert [len(y) for _, y in batches] == [4, 3]
     assert torch.equal(batches[-1][0][3], batches[-1][0][2])
+
+
+def test_both_data_paths_feed_validation_the_same_pixels(tmp_path: Path) -> None:
+    """The decode cache's validation batches (decoded once, centre-cropped and normalised on the device) equal the
+    DataLoader path's (eval_transform per image, what evaluate.py runs), with BGR and a mean/std that are not the
+    identity: landscape and portrait photos, smooth gradients, so a shifted crop or a squashed image shows."""
+    from PIL import Image
+
+    from mobilevit_torch.data.folder import make_split
+    from mobilevit_torch.training.data_setup import build_data
+    from tests.train_helpers import tiny_config
+
+    rows, columns = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    for index, (name, (width, height)) in enumerate([("a", (90, 60)), ("a", (60, 96)), ("b", (96, 64))] * 2):
+        pixels = torch.stack([columns * 2.5, rows * 2.5, torch.full_like(rows, 40.0 * index)], -1)[:height, :width]
+        path = tmp_path / "photos" / name / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy()).save(path)
+    split = make_split(tmp_path / "photos", seed=0, val_fraction=0.5)
+    pre = Preprocessing(
+        input_size=32, crop_pct=0.8, interpolation="bicubic", channel_order="BGR",
+        mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3),
+    )  # fmt: skip
+    passes = []
+    for cache in (True, False):
+        options = {"data.cache": cache, "data.num_workers": 0, "data.batch_size": 2, "data.img_size": 32}
+        config = tiny_config(tmp_path, tmp_path / "photos", **options)  # the split is given: its settings are not used
+        data = build_data(config, split, [], pre, torch.device("cpu"), DistInfo())
+        x, y = zip(*data.val_batches(), strict=True)
+        passes.append((torch.cat(x), torch.cat(y)))
+    (cached_x, cached_y), (loader_x, loader_y) = passes
+    assert torch.equal(cached_y, loader_y) and cached_x.shape == (len(split.val), 3, 32, 32)
+    torch.testing.assert_close(cached_x, loader_x, atol=1e-5, rtol=0)

@@ -299,6 +299,20 @@ def test_resume_refuses_another_model(folder: Path, tmp_path: Path) -> None:
         train(config, tmp_path / "other")
 
 
+def test_a_whole_image_box_is_the_image_and_a_flip_mirrors_it() -> None:
+    """Cached path's augmentation: sampling the full box at the cache's size gives the pixels back (normalised,
+    BGR), and a flip mirrors them left to right."""
+    from mobilevit_torch.training.augment import crop_and_flip, normalize
+
+    pre = Preprocessing(input_size=8, channel_order="BGR", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    full = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)  # centre (0, 0), half-extents 1: the whole image
+    out = crop_and_flip(images, full, torch.tensor([True, False]), out_size=8, pre=pre)
+    expected = normalize(torch.stack([images[0].flip(-1), images[1]]).float(), pre)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(out[0], normalize(images[:1].float(), pre)[0])
+
+
 def test_keras_crop_covers_the_same_share_of_the_image_at_every_scale() -> None:
     """Cached path: the random crop is img_size pixels of the resized cache whatever size it is resampled to."""
     recipe = RecipeConfig(augment="keras", crop_pct=64 / 70, mixup=0.0)
