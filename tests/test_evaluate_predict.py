@@ -140,6 +140,9 @@ def test_evaluate_folder_subset_of_classes_top5_and_training_mode(tmp_path: Path
     assert list(result.per_class) == ["b", "e"]  # only the classes the folder holds, in model order
     top5 = sum(label in logits[i].topk(5).indices.tolist() for i, label in enumerate(labels)) / len(labels)
     assert result.top5 == pytest.approx(top5)
+    written = result.to_dict()  # eval.json's fields
+    assert written["top5"] == pytest.approx(top5) and written["accuracy"] == pytest.approx(result.accuracy)
+    assert written["per_class"] == pytest.approx({"b": expected_cm[1][1] / 2, "e": expected_cm[4][4] / 3})
     observed_cm, observed_names = result.observed()
     assert set(observed_names) >= {"b", "e"} and observed_cm.sum() == 5
     # evaluate_folder restored train mode and left trainable (not inference-mode) parameters.
@@ -480,14 +483,20 @@ def test_evaluate_cli_prints_report_and_writes_files(setup: dict) -> None:
     accuracy = sum(expected_cm[i][i] for i in range(3)) / 9
     assert f"accuracy  {accuracy:.2%}" in done.stdout
     assert "top-5     n/a" in done.stdout
-    for name in MODEL_CLASSES:
-        assert any(line.startswith(name) for line in done.stdout.splitlines())
+    counts = {"tulip": 4, "daisy": 2, "rose": 3}
+    per_class = {name: expected_cm[i][i] / counts[name] for i, name in enumerate(MODEL_CLASSES)}
+    assert len(set(per_class.values())) > 1  # the rows can tell one class's accuracy from another's
+    lines = [line.split() for line in done.stdout.splitlines()]
+    rows = {parts[0]: parts[1:] for parts in lines if parts and parts[0] in MODEL_CLASSES}
+    for name in MODEL_CLASSES:  # the table: class, images, accuracy
+        assert rows[name] == [str(counts[name]), f"{per_class[name]:.2%}"], done.stdout
 
     output = setup["checkpoint"].parent / "eval_photos"  # the default: next to the checkpoint
     report = json.loads((output / "eval.json").read_text())
     assert report["accuracy"] == pytest.approx(accuracy)
     assert report["confusion"] == expected_cm
-    assert report["images_per_class"] == {"tulip": 4, "daisy": 2, "rose": 3}
+    assert report["images_per_class"] == counts
+    assert report["per_class"] == pytest.approx(per_class) and report["top5"] is None
     with Image.open(output / "confusion_matrix.png") as image:
         assert image.format == "PNG"
 
