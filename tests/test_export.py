@@ -136,9 +136,31 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert meta["output"] == {"name": "logits", "shape": [1, 3], "dtype": "float32"}
     expected = create_model("mobilevit_xxs", pretrained=assets["mobilevit_xxs"]).preprocessing
     assert Preprocessing.from_dict({k: v for k, v in meta["preprocessing"].items() if k != "steps"}) == expected
+    assert meta["preprocessing"]["steps"] == [
+        "decode the image as 8-bit RGB",
+        "resize the shorter side to 284 px (bicubic, antialiased)",
+        "center-crop 256 x 256",
+        "scale pixel values to [0, 1] (divide by 255)",
+        "normalise per channel: (x - mean) / std with mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]",
+        "keep channels in RGB order",
+    ]
     assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     assert meta["converter"]["opset"] == 18
     assert "exported onnx fp32 ->" in result.summary() and "MB" in result.summary()
+
+
+def test_sidecar_steps_for_apples_weights() -> None:
+    """What an app developer follows for Apple's (and transformers') weights: 288 then 256, BGR."""
+    from mobilevit_torch.export.sidecar import preprocessing_recipe
+    from mobilevit_torch.preprocessing import APPLE_IMAGENET
+
+    assert preprocessing_recipe(APPLE_IMAGENET)["steps"][1:] == [
+        "resize the shorter side to 288 px (bilinear, antialiased)",
+        "center-crop 256 x 256",
+        "scale pixel values to [0, 1] (divide by 255)",
+        "normalise per channel: (x - mean) / std with mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]",
+        "reorder channels to BGR",
+    ]
 
 
 def test_exports_sharing_a_folder_keep_their_own_labels(tmp_path: Path) -> None:
