@@ -88,3 +88,25 @@ def test_blocks_drop_their_residual_branches_only_in_training() -> None:
     block = MobileViTBlock(6, transformer_dim=8, ffn_dim=16, num_layers=2, num_heads=2, patch_size=2, drop_path=0.3)
     rates = [m.rate for m in block.modules() if isinstance(m, DropPath)]
     assert rates == [0.3] * 4  # attention and MLP branch of each transformer layer
+
+
+def test_attention_is_softmax_of_scaled_dot_products_per_head() -> None:
+    """MultiHeadAttention against the formula written out: per head softmax(q k^T / sqrt(d_head)) v, heads
+    concatenated, then the output projection. Weights of unit scale, so the attention is far from uniform."""
+    from mobilevit_torch.layers.attention import MultiHeadAttention
+
+    attention = MultiHeadAttention(8, num_heads=2).eval()
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.normal_()
+    x = torch.randn(3, 5, 8)  # [B, N, d]
+    q, k, v = (x @ attention.qkv.weight.T + attention.qkv.bias).split(8, dim=-1)  # each [B, N, d]
+    heads = []
+    for h in range(2):
+        part = slice(4 * h, 4 * h + 4)
+        weights = torch.softmax(q[..., part] @ k[..., part].transpose(1, 2) / 4**0.5, dim=-1)  # [B, N, N]
+        assert weights.max() > 0.5  # some token attends mostly to one other: the scale matters
+        heads.append(weights @ v[..., part])
+    expected = torch.cat(heads, dim=-1) @ attention.proj.weight.T + attention.proj.bias
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)

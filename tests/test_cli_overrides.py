@@ -93,3 +93,29 @@ def test_sweeps_pass_with_multirun_and_quoted_commas_pass_without() -> None:
     assert check_overrides(["-m", "model=xxs,xs"], KEYS, groups) == ["-m", "model=xxs,xs"]
     assert check_overrides(["checkpoint='a,b.pt'"], KEYS, groups) == ["checkpoint='a,b.pt'"]
     assert check_overrides(["~hydra.job_logging"], KEYS, groups) == ["~hydra.job_logging"]
+
+
+def test_exit_codes_of_the_errors_a_command_line_reports() -> None:
+    """A diverged run or an unwritable checkpoint is 1, every mistake of the user's 2, a signal 128 + its number,
+    anything else (a bug) None: its traceback shows."""
+    import signal
+
+    import omegaconf
+
+    from mobilevit_torch.cli import exit_code
+    from mobilevit_torch.data.folder import DataError
+    from mobilevit_torch.registry import UnknownModelError
+    from mobilevit_torch.training.checkpoint import CheckpointError, CheckpointWriteError
+    from mobilevit_torch.training.config import ConfigError
+    from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted
+    from mobilevit_torch.weights import WeightsError
+
+    assert exit_code(TrainingDiverged("loss became nan")) == 1
+    assert exit_code(CheckpointWriteError("disk full")) == 1
+    assert exit_code(TrainingInterrupted("stopped", signal.SIGTERM)) == 128 + signal.SIGTERM
+    for error in (
+        CheckpointError("x"), ConfigError("x"), DataError("x"), WeightsError("x"), UnknownModelError("x"),
+        FileNotFoundError("x"), omegaconf.errors.ConfigKeyError("x"),
+    ):  # fmt: skip
+        assert exit_code(error) == 2, type(error).__name__
+    assert exit_code(RuntimeError("a bug")) is None and exit_code(ValueError("a bug")) is None

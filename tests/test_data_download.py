@@ -178,6 +178,14 @@ def test_prepare_flowers_reuses_a_verified_archive(tmp_path: Path, monkeypatch: 
     folder = prepare_flowers(root, sha256=sha)
     assert scan_image_folder(folder)[1] == ["daisy", "roses"]
 
+    # An archive that does not match the checksum (truncated, or another file) is not trusted: fetched again.
+    other = tmp_path / "other"
+    other.mkdir()
+    assert flowers_tgz(other / "flower_photos.tgz") == sha
+    (other / "flower_photos.tgz").write_bytes((other / "flower_photos.tgz").read_bytes()[:-100])
+    with pytest.raises(AssertionError, match="downloaded although"):
+        prepare_flowers(other, sha256=sha)
+
 
 def hostile(path: Path, build: object) -> Path:
     with tarfile.open(path, "w:gz") as tar:

@@ -102,6 +102,14 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path: Path, mode: str, suffix: st
     assert [image.getpixel((x, 0))[0] for x in range(4)] == [0, 64, 128, 255]
 
 
+def test_a_dark_sixteen_bit_image_stays_dark(tmp_path: Path) -> None:
+    """A 16-bit file (its depth known from the mode) whose values all happen to be <= 255 is still 16-bit."""
+    Image.fromarray(np.array([[0, 100, 255]], dtype=np.uint16)).save(tmp_path / "dark.png")
+    with Image.open(tmp_path / "dark.png") as reopened:
+        assert reopened.mode == "I;16"
+    assert [load_rgb(tmp_path / "dark.png").getpixel((x, 0))[0] for x in range(3)] == [0, 0, 1]
+
+
 def test_32_bit_integers_holding_8_bit_values_stay_8_bit(tmp_path: Path) -> None:
     """Mode I (32-bit integers) does not say its bit depth: values that all fit 0-255 are an 8-bit
     picture saved wide (not a black 16-bit one); wider ones are scaled as 16-bit."""

@@ -52,3 +52,46 @@ def test_checkpoints_and_splits_get_the_permissions_of_other_new_files(tmp_path:
         assert _mode(path) == expected, f"{path.name}: {oct(_mode(path))}"
     if os.name == "posix" and expected & 0o044:
         assert _mode(checkpoint) & 0o044, "others can read a checkpoint wherever they can read new files"
+
+
+def test_a_checkpoint_save_that_fails_leaves_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash or a full disk in the middle of saving last.pt must not cost the last good one."""
+    import torch
+
+    from mobilevit_torch.training.checkpoint import load_checkpoint
+
+    path = save_checkpoint(tmp_path / "last.pt", {"format": "mobilevit-torch", "epoch": 1, "w": torch.ones(3)})
+
+    def disk_full(payload: object, file: object, *args: object, **kwargs: object) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"format": "mobilevit-torch", "epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+class _RunsCode:
+    """Unpickling this touches a file: what a hostile .pt could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_holding_code_is_refused_unrun(tmp_path: Path) -> None:
+    """evaluate, predict, export and resume read checkpoints without unpickling arbitrary objects."""
+    import torch
+
+    from mobilevit_torch.training.checkpoint import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "ran"
+    payload = {"format": "mobilevit-torch", "model_name": "mobilevit_xxs", "state_dict": {}, "x": _RunsCode(marker)}
+    torch.save(payload, tmp_path / "hostile.pt")
+    with pytest.raises(CheckpointError, match="cannot read .*hostile.pt"):
+        read_checkpoint(tmp_path / "hostile.pt")
+    assert not marker.exists()

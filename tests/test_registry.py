@@ -66,6 +66,16 @@ def test_kwargs_reach_the_model() -> None:
     assert model.head_drop.p == 0.3
     assert model.model_args == {"num_classes": 7, "drop_rate": 0.3}
 
+    from mobilevit_torch.layers.attention import MultiHeadAttention
+    from mobilevit_torch.layers.mlp import Mlp
+
+    rates = create_model("mobilevit_xxs", dropout=0.15, attn_drop=0.25, ffn_drop=0.35)
+    attention = [m for m in rates.modules() if isinstance(m, MultiHeadAttention)]
+    mlps = [m for m in rates.modules() if isinstance(m, Mlp)]
+    assert len(attention) == len(mlps) == 9  # 2 + 4 + 3 transformer layers
+    assert {m.attn_drop for m in attention} == {0.25} and {m.proj_drop.p for m in attention} == {0.15}
+    assert {m.drop1.p for m in mlps} == {0.35} and {m.drop2.p for m in mlps} == {0.15}
+
 
 def test_forward_returns_plain_tensor() -> None:
     out = create_model("mobilevit_xxs", num_classes=3).eval()(torch.randn(1, 3, 64, 64))

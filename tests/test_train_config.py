@@ -28,6 +28,8 @@ from tests.train_helpers import tiny_config
         ("recipe.hflip", 2, r"recipe.hflip \(a probability\) must be in \[0, 1\], got 2"),
         ("recipe.clip_grad", -1, "recipe.clip_grad must be >= 0, got -1"),
         ("recipe.weight_decay", -1, "recipe.weight_decay must be >= 0, got -1"),
+        ("data.img_size", 48, "data.img_size must be a multiple of 32"),
+        ("data.sha256", "a" * 65, "data.sha256 must be empty or 64 hexadecimal digits"),
         ("recipe.ema_decay", 1.5, r"recipe.ema_decay must be in \[0, 1\), got 1.5"),
         ("recipe.min_lr", -1, "recipe.min_lr must be >= 0, got -1"),
         ("recipe.min_lr", 0.1, r"recipe.min_lr must be in \[0, recipe.lr=0.002\]"),

@@ -62,6 +62,12 @@ def test_transformers_parity_save_pretrained_dir(name: str, tmp_path: Path) -> N
     assert ours.preprocessing.resize_size == 288 and ours.preprocessing.crop_pct == 256 / 288  # Apple's evaluation
 
 
+def test_headless_transformers_weights_are_recognised() -> None:
+    """transformers' MobileViTModel (the backbone without the classifier: no 'mobilevit.' prefix)."""
+    config = transformers.MobileViTConfig(**HF_CONFIGS["mobilevit_xxs"])
+    assert detect_layout(transformers.MobileViTModel(config).state_dict()) == "transformers"
+
+
 def test_transformers_parity_bin_file(tmp_path: Path) -> None:
     reference = hf_model("mobilevit_xxs")
     torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
