@@ -181,8 +181,8 @@ def test_prepare_flowers_reuses_a_verified_archive(tmp_path: Path, monkeypatch: 
     # An archive that does not match the checksum (truncated, or another file) is not trusted: fetched again.
     other = tmp_path / "other"
     other.mkdir()
-    assert flowers_tgz(other / "flower_photos.tgz") == sha
-    (other / "flower_photos.tgz").write_bytes((other / "flower_photos.tgz").read_bytes()[:-100])
+    flowers_tgz(other / "flower_photos.tgz")
+    (other / "flower_photos.tgz").write_bytes((other / "flower_photos.tgz").read_bytes()[:-100])  # truncated
     with pytest.raises(AssertionError, match="downloaded although"):
         prepare_flowers(other, sha256=sha)
 
