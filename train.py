@@ -39,8 +39,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         settings = OmegaConf.to_container(cfg, resolve=True)
         config = config_from_dict(settings).validate().check_paths()
-        from mobilevit_torch.training.loop import holds_run, train  # torch, torchvision: seconds
+        from mobilevit_torch.training.loop import train  # torch, torchvision: seconds
         from mobilevit_torch.training.resume import resume_settings
+        from mobilevit_torch.training.summary import holds_run
 
         if config.resume:  # the checkpoint's settings, and the command line's where it set them
             config = config_from_dict(resume_settings(settings, explicit_keys(cfg))).validate().check_paths()

@@ -79,8 +79,8 @@ from mobilevit_torch.models.fuse import fuse_for_inference, set_inference_kernel
 from mobilevit_torch.preprocessing import Preprocessing  # noqa: E402
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig  # noqa: E402
 from mobilevit_torch.training.ema import ModelEma  # noqa: E402
-from mobilevit_torch.training.loop import build_optimizer  # noqa: E402
 from mobilevit_torch.training.mixing import Mixer  # noqa: E402
+from mobilevit_torch.training.optimizer import build_optimizer  # noqa: E402
 from mobilevit_torch.training.pipeline import Batch, CachedTrainBatches  # noqa: E402
 from mobilevit_torch.training.step import TrainStep  # noqa: E402
 

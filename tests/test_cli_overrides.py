@@ -107,7 +107,7 @@ def test_exit_codes_of_the_errors_a_command_line_reports() -> None:
     from mobilevit_torch.registry import UnknownModelError
     from mobilevit_torch.training.checkpoint import CheckpointError, CheckpointWriteError
     from mobilevit_torch.training.config import ConfigError
-    from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted
+    from mobilevit_torch.training.stopping import TrainingDiverged, TrainingInterrupted
     from mobilevit_torch.weights import WeightsError
 
     assert exit_code(TrainingDiverged("loss became nan")) == 1

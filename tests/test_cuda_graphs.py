@@ -17,8 +17,9 @@ from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.layers.fused_norm import set_fused_norm
 from mobilevit_torch.training.config import RecipeConfig, TrainConfig
 from mobilevit_torch.training.ema import ModelEma
-from mobilevit_torch.training.loop import build_optimizer, train
+from mobilevit_torch.training.loop import train
 from mobilevit_torch.training.mixing import Mixer
+from mobilevit_torch.training.optimizer import build_optimizer
 from mobilevit_torch.training.pipeline import CachedTrainBatches
 from mobilevit_torch.training.step import TrainStep
 from tests.train_helpers import make_folder, tiny_config

@@ -13,8 +13,8 @@ from mobilevit_torch import create_model
 from mobilevit_torch.data.folder import Sample
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training.distributed import DistInfo
-from mobilevit_torch.training.loop import evaluate
 from mobilevit_torch.training.pipeline import CachedEvalBatches, Shard, eval_batch_size, loader_eval_batches
+from mobilevit_torch.training.validation import evaluate
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,9 @@ from mobilevit_torch.training import schedule
 from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.data_setup import check_batch_size
-from mobilevit_torch.training.loop import TrainingDiverged, TrainingInterrupted, diverged_message, train
+from mobilevit_torch.training.loop import train
 from mobilevit_torch.training.pipeline import CachedTrainBatches, Shard
+from mobilevit_torch.training.stopping import TrainingDiverged, TrainingInterrupted, diverged_message
 from tests.train_helpers import CLASSES, make_folder, tiny_config
 
 
@@ -165,7 +166,7 @@ def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
 ) -> None:
     """SIGTERM during an epoch's last step: the checkpoint says "all steps done"; resuming runs no
     step of that epoch, only its validation and record, then the remaining epochs."""
-    import mobilevit_torch.training.loop as loop
+    import mobilevit_torch.training.optimizer as optimizer
 
     options = {"epochs": 2, "max_steps_per_epoch": 2, "plots": False, "tensorboard": False}
     fired = []
@@ -176,7 +177,7 @@ def test_resume_after_an_interrupt_in_the_last_step_of_an_epoch(
             os.kill(os.getpid(), signal.SIGTERM)
         return schedule.learning_rate(update, **kwargs)
 
-    monkeypatch.setattr(loop, "learning_rate", learning_rate)
+    monkeypatch.setattr(optimizer, "learning_rate", learning_rate)
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
         train(tiny_config(tmp_path, folder, **options), run)
@@ -207,7 +208,7 @@ def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
     """SIGTERM in the middle of an epoch, then resume: the same weights as a run never stopped. The
     resumed epoch skips the batches it had trained (without making them) and draws the rest, and
     its dropout, as the uninterrupted run did."""
-    import mobilevit_torch.training.loop as loop
+    import mobilevit_torch.training.optimizer as optimizer
 
     # Batch 4: 5 steps an epoch, so the stop after step 2 leaves 3 for the resumed run to train.
     options = {"epochs": 2, "plots": False, "tensorboard": False, "data.cache": cache, "data.num_workers": 2,
@@ -222,7 +223,7 @@ def test_an_interrupt_mid_epoch_resumes_bit_for_bit(
         return schedule.learning_rate(update, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "learning_rate", learning_rate)
+        patch.setattr(optimizer, "learning_rate", learning_rate)
         with pytest.raises(TrainingInterrupted, match="interrupted at epoch 1, step 2"):
             train(tiny_config(tmp_path, folder, **options), tmp_path / "part")
     stopped = load_checkpoint(tmp_path / "part" / "last.pt")
@@ -557,7 +558,7 @@ def test_resume_refuses_settings_the_checkpoint_fixes(folder: Path, tmp_path: Pa
 def test_a_stop_signal_in_a_forked_worker_is_left_to_the_main_process() -> None:
     """Ctrl-C reaches the DataLoader workers too; only the process that installed the handler warns
     and stops, so the "saving after this step" line is printed once, not once per worker."""
-    from mobilevit_torch.training.loop import StopSignal
+    from mobilevit_torch.training.stopping import StopSignal
 
     stop = StopSignal()
     try:

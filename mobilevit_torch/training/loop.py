@@ -3,7 +3,10 @@
 ``train(config, run_dir)`` takes a plain :class:`TrainConfig` (``train.py`` builds it from Hydra)
 and writes everything into ``run_dir``: checkpoints ``last.pt``/``best.pt``, ``metrics.csv``/
 ``metrics.jsonl``, TensorBoard events, ``split.json``, plots and ``summary.json``.
-Photos to batches is ``data_setup.py``; restoring a checkpoint's state, ``resume.py``; log lines, ``run_log.py``.
+Photos to batches is ``data_setup.py``; one update, ``step.py``; the optimizer and learning rates,
+``optimizer.py``; device, precision and kernels, ``device.py``; a validation pass, ``validation.py``;
+restoring a checkpoint's state, ``resume.py``; log lines, ``run_log.py``; the closing summary,
+``summary.py``; stopping early (divergence, signals), ``stopping.py``.
 """
 
 from __future__ import annotations
@@ -14,31 +17,22 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mobilevit_torch.graphed import GraphedForward
-from mobilevit_torch.layers.fused_norm import fused_norm_blocked, set_fused_norm
-from mobilevit_torch.layers.layer_norm import set_low_precision_layernorm
 from mobilevit_torch.registry import create_model
-from mobilevit_torch.training.checkpoint import (
-    CheckpointWriter,
-    load_checkpoint,
-    model_payload,
-    read_training_checkpoint,
-)
+from mobilevit_torch.training.checkpoint import CheckpointWriter, model_payload, read_training_checkpoint
 from mobilevit_torch.training.config import ConfigError, TrainConfig
-from mobilevit_torch.training.data_setup import TrainData, build_data, prepare_split
+from mobilevit_torch.training.data_setup import build_data, prepare_split
+from mobilevit_torch.training.device import amp_precision, set_training_kernels, training_device
 from mobilevit_torch.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -49,26 +43,16 @@ from mobilevit_torch.training.distributed import (
     shutdown,
 )
 from mobilevit_torch.training.ema import ModelEma
-from mobilevit_torch.training.metrics import confusion_matrix, per_class_accuracy
 from mobilevit_torch.training.mixing import Mixer
+from mobilevit_torch.training.optimizer import build_optimizer, update_plan
 from mobilevit_torch.training.resume import NO_BEST, NO_SUMS, restore, resume_changes, rng_state
-from mobilevit_torch.training.run_log import RunLogger, add_log_file, epoch_line, remove_log_files, summary_line
-from mobilevit_torch.training.schedule import learning_rate
+from mobilevit_torch.training.run_log import RunLogger, add_log_file, epoch_line, remove_log_files
 from mobilevit_torch.training.step import TrainStep
+from mobilevit_torch.training.stopping import StopSignal, TrainingDiverged, TrainingInterrupted, diverged_message
+from mobilevit_torch.training.summary import finished_run, holds_run, report
+from mobilevit_torch.training.validation import evaluate
 
 logger = logging.getLogger("mobilevit_torch.train")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM arrived; a resumable checkpoint was written first."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 def train(config: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -360,225 +344,3 @@ def _train(config: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     }
     history = run_log.history if run_log else []
     return report(config, run_dir, data, class_names, history, best, best_confusion, timing, write=info.is_main)
-
-
-def report(
-    config: TrainConfig,
-    run_dir: Path,
-    data: TrainData,
-    class_names: list[str],
-    history: list[dict[str, Any]],
-    best: dict[str, Any],
-    best_confusion: Tensor | None,
-    timing: dict[str, float],
-    *,
-    write: bool,
-) -> dict[str, Any]:
-    """The run's summary; with ``write`` (the main process, once an epoch was recorded) also
-    ``summary.json``, the plots and the closing log line."""
-    summary = {
-        "run_dir": str(run_dir),
-        "model": config.model.name,
-        "epochs": len(history),
-        "train_images": data.num_train,
-        "val_images": data.num_val,
-        "skipped_files": [list(s) for s in data.skipped],
-        **timing,
-    }
-    if not history:
-        return summary
-    last = history[-1]
-    summary.update(
-        best_val_acc=best["val_acc"],
-        best_epoch=best["epoch"],
-        best_weights=best["weights"],
-        last_val_acc=last["val_acc"],
-        last_ema_val_acc=last.get("ema_val_acc"),
-        mean_images_per_s=sum(r["images_per_s"] for r in history) / len(history),
-    )
-    if not write:
-        return summary
-    if best_confusion is None and (run_dir / "best.pt").exists():
-        best_confusion = load_checkpoint(run_dir / "best.pt").get("confusion")
-    if best_confusion is not None:
-        accuracies = per_class_accuracy(best_confusion.cpu())
-        # null, not NaN (invalid JSON), for a class without validation images
-        summary["per_class_accuracy"] = {
-            name: None if math.isnan(accuracy) else accuracy
-            for name, accuracy in zip(class_names, accuracies, strict=True)
-        }
-        summary["confusion_matrix"] = best_confusion.cpu().tolist()
-    if config.plots:
-        from mobilevit_torch.training.plots import plot_confusion_matrix, plot_curves
-
-        plot_curves(history, run_dir / "curves.png")
-        if best_confusion is not None:
-            plot_confusion_matrix(best_confusion.cpu(), class_names, run_dir / "confusion_matrix.png")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info(summary_line(summary))
-    return summary
-
-
-# ---- pieces the loop calls ------------------------------------------------------------------
-
-
-def set_training_kernels(model: nn.Module, config: TrainConfig, device: torch.device, amp_dtype: Any) -> None:
-    """Switch on the kernels the config asks for where they apply; log for each whether it is on, or why not."""
-    if config.fused_norm:
-        blocked = fused_norm_blocked(device, channels_last=config.channels_last, compiled=config.compile)
-        state = f"on ({set_fused_norm(model)} units)" if blocked is None else f"off ({blocked})"
-        logger.info("fused BatchNorm+SiLU kernels: %s", state)
-    if config.layernorm_low_precision:
-        blocked = "amp is off" if amp_dtype is None else "torch.compile fuses the casts" if config.compile else None
-        state = f"on ({set_low_precision_layernorm(model)} LayerNorms)" if blocked is None else f"off ({blocked})"
-        logger.info("LayerNorm in autocast's dtype: %s", state)
-
-
-def update_plan(config: TrainConfig, batches: int) -> tuple[int, int, Callable[[int], float]]:
-    """The steps of an epoch of ``batches`` (capped by ``max_steps_per_epoch``, whole accumulation
-    groups), its optimizer updates, and the learning rate of each update of the run."""
-    steps = min(batches, config.max_steps_per_epoch) if config.max_steps_per_epoch else batches
-    accum = config.recipe.accum_steps
-    if steps < accum:
-        raise ConfigError(f"recipe.accum_steps={accum} is more than the {steps} steps of an epoch")
-    steps -= steps % accum  # one update per `accum` batches
-    updates = steps // accum
-
-    def lr_at(update: int) -> float:
-        return learning_rate(
-            update,
-            base_lr=config.recipe.lr,
-            total_steps=config.epochs * updates,
-            warmup_steps=round(config.recipe.warmup_epochs * updates),
-            min_lr=config.recipe.min_lr,
-            schedule=config.recipe.schedule,
-        )
-
-    return steps, updates, lr_at
-
-
-def training_device(name: str) -> torch.device:
-    """The config's ``device`` (``auto``, ``cpu`` or ``cuda``; a DDP rank picks its GPU later); a
-    :class:`ConfigError` for ``cuda`` without one. ``evaluation.resolve_device`` is the scripts' own,
-    which also takes ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is available (use device=cpu or device=auto)")
-    return torch.device(name)
-
-
-def amp_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that have it, fp16 (with loss scaling) on older ones, none on the CPU."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def build_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device, *, capturable: bool = False
-) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norm parameters (1-D tensors); Adam for the Keras recipe.
-
-    Fused kernels on CUDA; ``capturable`` keeps the step counts on the device (a CUDA graph replays it)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    options = {"lr": config.recipe.lr, "fused": device.type == "cuda", "capturable": capturable}
-    if config.recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), **options)
-    return torch.optim.AdamW(groups, **options)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    num_classes: int,
-    device: torch.device,
-    autocast: contextlib.AbstractContextManager,
-    memory_format: torch.memory_format,
-    info: DistInfo,
-    forward: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[float, float, Tensor]:
-    """Loss, accuracy and confusion matrix over this rank's share, reduced across ranks.
-
-    ``forward`` (default ``model``) computes the logits, e.g. a :class:`GraphedForward` of ``model``.
-    A batch's ``x`` may end with padding images beyond its ``len(y)`` labels (one input shape for
-    every batch); their logits are dropped."""
-    was_training = model.training
-    model.eval()
-    forward = forward or model
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for x, y in batches:
-        with autocast:
-            logits = forward(x.contiguous(memory_format=memory_format))[: len(y)].float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        confusion += confusion_matrix(logits.argmax(1), y, num_classes)
-    all_reduce_sum(loss_sum, info)
-    all_reduce_sum(confusion, info)
-    model.train(was_training)
-    count = max(int(confusion.sum()), 1)
-    return loss_sum.item() / count, confusion.diag().sum().item() / count, confusion
-
-
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "summary.json")
-
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a run's checkpoints or metrics (split.json and logs alone do not count)."""
-    return any((run_dir / name).exists() for name in RUN_FILES)
-
-
-def finished_run(run_dir: Path, done: int, epochs: int, *, say: bool = True) -> dict[str, Any]:
-    """A resumed run with nothing left to train: its summary, its files untouched (``say``: log why)."""
-    if say:
-        logger.warning(
-            "the run in %s already finished %d epoch(s) (epochs=%d): nothing to train; pass epochs=N with N > %d "
-            "to train longer",
-            run_dir,
-            done,
-            epochs,
-            done,
-        )
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((run_dir / "summary.json").read_text())
-    return {"run_dir": str(run_dir), "epochs": done}
-
-
-class StopSignal:
-    """Remembers SIGINT/SIGTERM so the loop can save a resumable checkpoint before exiting.
-
-    Processes forked after it is installed (DataLoader workers) inherit the handler; Ctrl-C reaches
-    them too, so the handler acts only in the process that installed it and the others ignore it
-    (the main process stops them when it exits).
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._pid = os.getpid()
-        self._previous: dict[int, Any] = {}
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:  # a forked worker: the main process speaks and saves
-            return
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("received %s: saving a resumable checkpoint after this step", signal.Signals(signum).name)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def diverged_message(epoch: int, step: int, value: float, run_dir: Path, clip_grad: float) -> str:
-    last = run_dir / "last.pt"
-    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-    clip = "set recipe.clip_grad=1.0" if clip_grad <= 0 else f"a recipe.clip_grad below {clip_grad:g}"
-    return f"loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping; {kept}. Lower recipe.lr, or {clip}."
