@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from script_checks import positive_int, require_device  # noqa: E402
 
+from mobilevit_torch.checkpoint import model_payload, save_checkpoint  # noqa: E402
 from mobilevit_torch.registry import create_model, list_models  # noqa: E402
-from mobilevit_torch.training.checkpoint import CheckpointWriter, model_payload, save_checkpoint  # noqa: E402
+from mobilevit_torch.training.checkpoint import CheckpointWriter  # noqa: E402
 from mobilevit_torch.training.ema import ModelEma  # noqa: E402
 
 

@@ -22,14 +22,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mobilevit_torch.checkpoint import CheckpointError, read_checkpoint
 from mobilevit_torch.checks import check_count, type_name
 from mobilevit_torch.data.folder import DataError, Sample, scan_image_folder
 from mobilevit_torch.data.images import BadImageError, load_rgb, pil_to_rgb
 from mobilevit_torch.data.transforms import eval_transform
+from mobilevit_torch.metrics import accuracy_from_confusion, confusion_matrix, per_class_accuracy, topk_correct
 from mobilevit_torch.models.fuse import fuse_for_inference, is_fused
 from mobilevit_torch.registry import UnknownModelError, create_model
-from mobilevit_torch.training.checkpoint import CheckpointError, read_checkpoint
-from mobilevit_torch.training.metrics import accuracy_from_confusion, confusion_matrix, per_class_accuracy, topk_correct
 from mobilevit_torch.weights import WeightsError
 
 logger = logging.getLogger("mobilevit_torch")

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobilevit_torch.checkpoint import host_copy, load_checkpoint, model_payload, save_checkpoint
 from mobilevit_torch.registry import create_model
-from mobilevit_torch.training.checkpoint import (
-    CheckpointWriteError,
-    CheckpointWriter,
-    host_copy,
-    load_checkpoint,
-    model_payload,
-    save_checkpoint,
-)
+from mobilevit_torch.training.checkpoint import CheckpointWriteError, CheckpointWriter
 from tests.conftest import REPO
 
 

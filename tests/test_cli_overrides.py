@@ -102,10 +102,11 @@ def test_exit_codes_of_the_errors_a_command_line_reports() -> None:
 
     import omegaconf
 
+    from mobilevit_torch.checkpoint import CheckpointError
     from mobilevit_torch.cli import exit_code
     from mobilevit_torch.data.folder import DataError
     from mobilevit_torch.registry import UnknownModelError
-    from mobilevit_torch.training.checkpoint import CheckpointError, CheckpointWriteError
+    from mobilevit_torch.training.checkpoint import CheckpointWriteError
     from mobilevit_torch.training.config import ConfigError
     from mobilevit_torch.training.stopping import TrainingDiverged, TrainingInterrupted
     from mobilevit_torch.weights import WeightsError

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from mobilevit_torch import create_model
+from mobilevit_torch.checkpoint import model_payload, save_checkpoint
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.data.images import BadImageError
 from mobilevit_torch.data.transforms import eval_transform
@@ -29,7 +30,6 @@ from mobilevit_torch.evaluation import (
     resolve_device,
 )
 from mobilevit_torch.models import fuse_for_inference, is_fused
-from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
 from tests.conftest import REPO
 
 # Not in sorted order: labels must follow the model's list, not the folder listing.

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from mobilevit_torch import create_model, list_models
+from mobilevit_torch.checkpoint import model_payload, save_checkpoint
 from mobilevit_torch.export import ConversionError, ExportError, ParityError, export_model, open_runner
 from mobilevit_torch.export import exporter as exporter_module
 from mobilevit_torch.export import formats as formats_module
@@ -30,7 +31,6 @@ from mobilevit_torch.export.parity import compare
 from mobilevit_torch.export.request import check_arguments
 from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
 from mobilevit_torch.preprocessing import Preprocessing
-from mobilevit_torch.training.checkpoint import model_payload, save_checkpoint
 from tests.conftest import REPO, assert_input_sensitive, input_sensitive
 
 CLASSES = ["cat", "dog", "owl"]
@@ -179,7 +179,7 @@ def test_exports_sharing_a_folder_keep_their_own_labels(tmp_path: Path) -> None:
 
 def test_best_pt_finds_its_training_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # best.pt carries the run's config (as last.pt does), so its parity check runs on the held-out photos.
-    from mobilevit_torch.training.checkpoint import load_checkpoint
+    from mobilevit_torch.checkpoint import load_checkpoint
     from mobilevit_torch.training.loop import train
     from tests import train_helpers
 

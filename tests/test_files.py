@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mobilevit_torch.checkpoint import save_checkpoint
 from mobilevit_torch.data.folder import DatasetSplit, Sample
 from mobilevit_torch.files import atomic_write
-from mobilevit_torch.training.checkpoint import save_checkpoint
 
 
 def _mode(path: Path) -> int:
@@ -58,7 +58,7 @@ def test_a_checkpoint_save_that_fails_leaves_the_previous_one(tmp_path: Path, mo
     """A crash or a full disk in the middle of saving last.pt must not cost the last good one."""
     import torch
 
-    from mobilevit_torch.training.checkpoint import load_checkpoint
+    from mobilevit_torch.checkpoint import load_checkpoint
 
     path = save_checkpoint(tmp_path / "last.pt", {"format": "mobilevit-torch", "epoch": 1, "w": torch.ones(3)})
 
@@ -87,7 +87,7 @@ def test_a_checkpoint_holding_code_is_refused_unrun(tmp_path: Path) -> None:
     """evaluate, predict, export and resume read checkpoints without unpickling arbitrary objects."""
     import torch
 
-    from mobilevit_torch.training.checkpoint import CheckpointError, read_checkpoint
+    from mobilevit_torch.checkpoint import CheckpointError, read_checkpoint
 
     marker = tmp_path / "ran"
     payload = {"format": "mobilevit-torch", "model_name": "mobilevit_xxs", "state_dict": {}, "x": _RunsCode(marker)}

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilevit_torch.training.metrics import (
+from mobilevit_torch.metrics import (
     accuracy_from_confusion,
     confusion_matrix,
     per_class_accuracy,

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from mobilevit_torch import create_model
+from mobilevit_torch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.data.sampler import MultiScaleBatchSampler
 from mobilevit_torch.preprocessing import Preprocessing
 from mobilevit_torch.training import schedule
-from mobilevit_torch.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mobilevit_torch.training.config import ConfigError, RecipeConfig
 from mobilevit_torch.training.data_setup import check_batch_size
 from mobilevit_torch.training.loop import train

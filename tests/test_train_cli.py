@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from mobilevit_torch.checkpoint import load_checkpoint
 from mobilevit_torch.registry import list_models
-from mobilevit_torch.training.checkpoint import load_checkpoint
 from mobilevit_torch.training.config import config_from_dict
 from mobilevit_torch.training.loop import train
 from tests.conftest import REPO

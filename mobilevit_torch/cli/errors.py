@@ -43,7 +43,7 @@ _USER_ERRORS: tuple[tuple[str, str, int | None], ...] = (
     ("mobilevit_torch.training.stopping", "TrainingInterrupted", None),
     ("mobilevit_torch.training.stopping", "TrainingDiverged", 1),
     ("mobilevit_torch.training.checkpoint", "CheckpointWriteError", 1),
-    ("mobilevit_torch.training.checkpoint", "CheckpointError", 2),
+    ("mobilevit_torch.checkpoint", "CheckpointError", 2),
     ("mobilevit_torch.training.config", "ConfigError", 2),
     ("mobilevit_torch.data.folder", "DataError", 2),
     ("mobilevit_torch.weights.layouts", "WeightsError", 2),

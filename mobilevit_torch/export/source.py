@@ -15,14 +15,15 @@ from typing import Any
 
 from torch import nn
 
+from mobilevit_torch.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
 from mobilevit_torch.data.download import find_flowers
 from mobilevit_torch.export.errors import ExportError
 from mobilevit_torch.export.request import check_source
 from mobilevit_torch.registry import UnknownModelError, create_model, list_models
-from mobilevit_torch.training.checkpoint import CheckpointError, NotACheckpointError, read_checkpoint
 from mobilevit_torch.weights import WeightsError, read_pretrained
 
 logger = logging.getLogger("mobilevit_torch")
+
 
 @dataclass(frozen=True)
 class ModelSource:

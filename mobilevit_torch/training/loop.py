@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mobilevit_torch.checkpoint import model_payload
 from mobilevit_torch.graphed import GraphedForward
 from mobilevit_torch.registry import create_model
-from mobilevit_torch.training.checkpoint import CheckpointWriter, model_payload, read_training_checkpoint
+from mobilevit_torch.training.checkpoint import CheckpointWriter, read_training_checkpoint
 from mobilevit_torch.training.config import ConfigError, TrainConfig
 from mobilevit_torch.training.data_setup import build_data, prepare_split
 from mobilevit_torch.training.device import amp_precision, set_training_kernels, training_device

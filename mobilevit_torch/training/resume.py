@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilevit_torch.training.checkpoint import read_training_checkpoint, unwrap_model
+from mobilevit_torch.checkpoint import unwrap_model
+from mobilevit_torch.training.checkpoint import read_training_checkpoint
 from mobilevit_torch.training.config import ConfigError, TrainConfig
 from mobilevit_torch.training.ema import ModelEma
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from torch import Tensor
 
-from mobilevit_torch.training.checkpoint import load_checkpoint
+from mobilevit_torch.checkpoint import load_checkpoint
+from mobilevit_torch.metrics import per_class_accuracy
 from mobilevit_torch.training.config import TrainConfig
 from mobilevit_torch.training.data_setup import TrainData
-from mobilevit_torch.training.metrics import per_class_accuracy
 from mobilevit_torch.training.run_log import summary_line
 
 logger = logging.getLogger("mobilevit_torch.train")

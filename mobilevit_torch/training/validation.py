@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobilevit_torch.metrics import confusion_matrix
 from mobilevit_torch.training.distributed import DistInfo, all_reduce_sum
-from mobilevit_torch.training.metrics import confusion_matrix
 
 
 @torch.no_grad()
