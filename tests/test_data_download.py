@@ -134,6 +134,26 @@ def test_prepare_flowers_uses_a_folder_of_classes_as_is(tmp_path: Path) -> None:
     assert prepare_flowers(tmp_path, url=UNREACHABLE) == tmp_path.absolute()
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["root/flower_photos", "root"])
+def test_finding_the_flowers_says_nothing_the_scan_says(
+    tmp_path: Path, inside: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe for class folders is quiet: an empty class or a stray file is warned about once, by the
+    scan that reads the folder (it used to be warned about once per probe too: three times in all)."""
+    folder = tmp_path / "flower_photos" if inside else tmp_path
+    (folder / "tulips").mkdir(parents=True)
+    (folder / "daisy").mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "daisy" / "a.jpg")
+    (folder / "daisy" / "notes.txt").write_text("not a photo")
+    with caplog.at_level("WARNING"):
+        assert prepare_flowers(tmp_path, url=UNREACHABLE) == folder.absolute()
+        assert caplog.messages == []
+        samples, classes = scan_image_folder(folder)
+    assert classes == ["daisy"] and len(samples) == 1
+    assert len(caplog.messages) == 2, caplog.messages
+    assert "dropping class 'tulips'" in caplog.messages[1] and "(1 .txt)" in caplog.messages[0]
+
+
 def test_prepare_flowers_offline_and_bad_checksum(tmp_path: Path, server: tuple[str, Path]) -> None:
     offline = tmp_path / "offline" / "flowers"
     with pytest.raises(DataError, match="could not download") as info:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mobilevit_torch.data.folder import DataError, scan_image_folder
+from mobilevit_torch.data.folder import DataError, holds_class_folders
 from mobilevit_torch.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def find_flowers(root: Path) -> Path | None:
     when it holds class folders of images, else ``root`` itself when it does; ``None`` when neither does."""
     root = Path(root).expanduser()
     for folder in (root / FLOWERS_FOLDER, root):
-        if _has_class_folders(folder):
+        if holds_class_folders(folder):
             return folder
     return None
 
@@ -182,7 +182,7 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
     try:
         safe_extract_tar(archive, staging)
         extracted = staging / FLOWERS_FOLDER
-        if not _has_class_folders(extracted):
+        if not holds_class_folders(extracted):
             raise DataError(f"{archive} does not hold {FLOWERS_FOLDER}/<class>/<image> folders")
         os.replace(extracted, folder)  # over an empty folder at most (checked above)
     finally:
@@ -190,16 +190,6 @@ def prepare_flowers(root: Path, *, url: str = FLOWERS_URL, sha256: str = FLOWERS
     archive.unlink()
     logger.info("tf_flowers ready in %s", folder)
     return folder
-
-
-def _has_class_folders(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    try:
-        scan_image_folder(path)
-    except DataError:
-        return False
-    return True
 
 
 def _reason(error: BaseException) -> str:

@@ -143,6 +143,16 @@ def scan_image_folder(root: Path, class_names: list[str] | None = None) -> tuple
     return samples, list(class_names)
 
 
+def holds_class_folders(root: Path) -> bool:
+    """Whether :func:`scan_image_folder` would find a class in ``root``: a folder with a sub-folder holding an
+    image. A quiet probe: the warnings about other files and empty classes are the scan's to give, once."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return False
+    folders = (path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
+    return any(list_image_files(folder) for folder in folders)
+
+
 def make_split(root: Path, *, seed: int, val_fraction: float = 0.1) -> DatasetSplit:
     """``root/train`` + ``root/val`` as given, or a seeded stratified split of ``root`` (or of ``root/train``).
 
