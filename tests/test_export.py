@@ -350,6 +350,10 @@ def test_conversion_log_that_cannot_be_kept_says_so(tmp_path: Path, monkeypatch:
         ({"format": "onnx", "opset": 17}, "opset must be between 18 and 23, got 17"),
         ({"format": "onnx", "opset": "18"}, "opset must be an integer"),
         ({"format": "onnx", "img_size": 100}, "img_size must be a multiple of 32"),
+        ({"format": "onnx", "img_size": 48}, "img_size must be a multiple of 32"),  # of 16, not of 32
+        ({"format": "onnx", "opset": 24}, "opset must be between 18 and 23, got 24"),
+        ({"format": "onnx", "check_images": 0}, "check_images must be >= 1"),
+        ({"format": "onnx", "dynamic_batch": "yes"}, "dynamic_batch must be true or false"),
         ({"format": "onnx", "img_size": True}, "img_size must be an integer"),
         ({"format": "tflite", "dynamic_batch": True}, "dynamic_batch applies to format=onnx"),
         ({"format": "onnx", "calib_images": 0}, "calib_images must be >= 1"),
@@ -494,6 +498,12 @@ def test_compare_tolerances() -> None:
     swapped[0] = [2.0, 1.0, 0.0]
     int8 = compare(reference, swapped, precision="int8", real_images=True)
     assert int8.passed and int8.top1_agreement == 0.5 and not int8.meets_aim  # reported, not failed
+    assert ", BELOW)" in int8.summary() and "top-1 agreement 50.0%" in int8.summary()
+    one_off = reference.copy()
+    one_off[1, 2] += 2e-4  # one logit of six: the largest difference decides, not the mean
+    report = compare(reference, one_off, precision="fp32", real_images=True)
+    assert report.max_abs_diff == pytest.approx(2e-4, rel=1e-3) and not report.passed
+    assert "max |Δ| 2.00e-04 (≤ 1e-04 FAILED)" in report.summary()
 
 
 def test_onnx2tf_sample_shape() -> None:
