@@ -6,6 +6,7 @@ skips them. They skip when the toolchain (scripts/install_export_deps.sh) is not
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +93,42 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:
     onnx_path = export_tflite_onnx(model, tmp_path / "tiny.onnx", img_size=64)
     outputs = {p: tmp_path / f"tiny_{p}.tflite" for p in ("fp32", "fp16", "int8_dynamic", "int8_mixed", "int8")}
     calibration = calibration.permute(0, 2, 3, 1).numpy()  # [N, 3, S, S] -> [N, S, S, 3]
-    info = convert_onnx_to_tflite(onnx_path, outputs, sample=onnx2tf_sample(check), calibration=calibration)
+    stages, package_logger = ListHandler(), logging.getLogger("mobilevit_torch")  # a module fixture: no caplog
+    level = package_logger.level
+    package_logger.addHandler(stages)
+    package_logger.setLevel(logging.INFO)
+    try:
+        info = convert_onnx_to_tflite(onnx_path, outputs, sample=onnx2tf_sample(check), calibration=calibration)
+    finally:
+        package_logger.removeHandler(stages)
+        package_logger.setLevel(level)
     probe = torch.cat([check, torch.from_numpy(calibration).permute(0, 3, 1, 2)])  # [N, S, S, 3] -> [N, 3, S, S]
     with torch.no_grad():
         reference, probe_reference = model(check).numpy(), model(probe).numpy()
     return {
         "outputs": outputs, "info": info, "check": check, "reference": reference, "calibration": calibration,
-        "probe": probe.numpy(), "probe_reference": probe_reference,
+        "probe": probe.numpy(), "probe_reference": probe_reference, "stages": stages.messages,
     }  # fmt: skip
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_conversion_tells_its_stages(tiny_export: dict) -> None:
+    """Minutes of conversion are not minutes of silence: each stage of the worker is logged as it starts."""
+    assert tiny_export["stages"] == [
+        "tflite: loading TensorFlow and onnx2tf",
+        "tflite: onnx2tf: the ONNX graph to a Keras model (NCHW to NHWC)",
+        *[f"tflite: TFLite converter: {p}" for p in ("fp32", "int8_dynamic")],
+        *[f"tflite: TFLite converter: {p} (calibrating on the images)" for p in ("int8_mixed", "int8")],
+        "tflite: fp16: choosing the float16 weights on 12 images",
+    ]
 
 
 # The largest change from the model's logits across images each precision may make, as a share of the model's own

@@ -18,6 +18,7 @@ standard library, numpy, TensorFlow, onnx2tf and LiteRT. The parent puts a ``sit
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import sys
@@ -33,9 +34,12 @@ def main(request_file: str) -> int:
         print("refusing to convert: the offline guard (sitecustomize) is not active", file=sys.stderr)
         return 3
 
+    say = functools.partial(_stage, Path(request["progress"]))
+    say("loading TensorFlow and onnx2tf")
     import onnx2tf
     import tensorflow as tf
 
+    say("onnx2tf: the ONNX graph to a Keras model (NCHW to NHWC)")
     started = time.perf_counter()
     # output_signaturedefs: layer names without onnx2tf's leading "/", as a signature wants them.
     model = onnx2tf.convert(
@@ -52,6 +56,8 @@ def main(request_file: str) -> int:
 
     seconds = {}
     for precision, target in request["outputs"].items():
+        calibrated = precision in ("int8", "int8_mixed")
+        say(f"TFLite converter: {precision}" + (" (calibrating on the images)" if calibrated else ""))
         started = time.perf_counter()
         Path(target).write_bytes(_convert(tf, model, precision, request.get("calibration")))
         seconds[precision] = round(time.perf_counter() - started, 2)
@@ -64,6 +70,12 @@ def main(request_file: str) -> int:
     }
     Path(request["result"]).write_text(json.dumps(result))
     return 0
+
+
+def _stage(progress: Path, text: str) -> None:
+    """One line per stage, read by the parent (which shows it): the conversion is minutes of silence otherwise."""
+    with open(progress, "a", encoding="utf-8") as file:
+        file.write(text + "\n")
 
 
 def _convert(tf: Any, model: Any, precision: str, calibration: str | None) -> bytes:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mobilevit_torch.export.errors import (
     TFLITE_MODULES,
@@ -57,6 +58,7 @@ logger = logging.getLogger("mobilevit_torch")
 # onnx2tf looks for exactly this file in its working folder and downloads it when absent.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 WORKER = Path(__file__).with_name("tflite_worker.py")
+PROGRESS_FILE = "progress.txt"  # the worker's stages, one a line
 
 OFFLINE_GUARD = '''"""Installed by mobilevit-torch for the TFLite conversion: no network access from this process."""
 import socket
@@ -156,6 +158,7 @@ def convert_onnx_to_tflite(
             "outputs": {precision: str(Path(path).resolve()) for precision, path in outputs.items()},
             "calibration": None,
             "result": str(workdir / "result.json"),
+            "progress": str(workdir / PROGRESS_FILE),
         }
         if "fp16" in outputs:  # made here from the fp32 file, after the worker
             del request["outputs"]["fp16"]
@@ -169,30 +172,34 @@ def convert_onnx_to_tflite(
 
         started = time.perf_counter()
         with open(log_file, "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, str(WORKER), str(workdir / "request.json")],
+                cwd=workdir,
+                env=_worker_env(workdir / "offline", onnxsim),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
             try:
-                completed = subprocess.run(
-                    [sys.executable, str(WORKER), str(workdir / "request.json")],
-                    cwd=workdir,
-                    env=_worker_env(workdir / "offline", onnxsim),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=timeout_s,
-                    check=False,
-                )
+                returncode = _follow(worker, workdir / PROGRESS_FILE, timeout_s)
             except subprocess.TimeoutExpired:
                 raise ConversionError(
                     f"TFLite conversion stopped after {timeout_s:.0f} s; log: {_keep_log(log_file, outputs)}"
                 ) from None
-        if completed.returncode != 0 or not (workdir / "result.json").is_file():
+            finally:
+                if worker.poll() is None:  # timed out, or Ctrl-C here: the worker goes too
+                    worker.kill()
+                    worker.wait()
+        if returncode != 0 or not (workdir / "result.json").is_file():
             kept = _keep_log(log_file, outputs)
             raise ConversionError(
-                f"TFLite conversion failed (exit status {completed.returncode}): {_last_error(log_file)}; log: {kept}"
+                f"TFLite conversion failed (exit status {returncode}): {_last_error(log_file)}; log: {kept}"
             )
         result = json.loads((workdir / "result.json").read_text())
         if "fp16" in outputs:
             assert calibration is not None  # checked above
             fp16_started = time.perf_counter()
+            logger.info("tflite: fp16: choosing the float16 weights on %d images", calibration.shape[0])
             fp32 = Path(request["outputs"]["fp32"]).read_bytes()
             content, result["fp16_weights"] = choose_float16(fp32, calibration, budget=TOLERANCES["fp16"] / 4)
             Path(outputs["fp16"]).write_bytes(content)
@@ -201,6 +208,30 @@ def convert_onnx_to_tflite(
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _follow(worker: subprocess.Popen, progress: Path, timeout_s: float) -> int:
+    """Wait for the worker, logging each stage it reports as it starts (``tflite: ...``) and, on a
+    terminal, a line that counts the seconds; its exit status. Raises ``TimeoutExpired`` after ``timeout_s``."""
+    started = time.perf_counter()
+    told = 0
+    with tqdm(desc="tflite", bar_format="{desc} {elapsed}", leave=False, disable=None) as bar:
+        while True:
+            try:
+                returncode = worker.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            lines = progress.read_text(encoding="utf-8").splitlines() if progress.is_file() else []
+            for line in lines[told:]:
+                bar.clear()  # the log line goes where the bar was; the bar is drawn again below it
+                logger.info("tflite: %s", line)
+                bar.set_description_str(f"tflite: {line}", refresh=False)
+            told = len(lines)
+            bar.refresh()
+            if returncode is not None:
+                return returncode
+            if time.perf_counter() - started > timeout_s:
+                raise subprocess.TimeoutExpired(worker.args, timeout_s)
 
 
 def _worker_env(guard_dir: Path, onnxsim: str) -> dict[str, str]:
