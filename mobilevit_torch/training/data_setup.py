@@ -75,11 +75,13 @@ def prepare_split(
         val, bad_val = find_unreadable(split.val, num_workers=max(1, config.data.num_workers))
         split = dataclasses.replace(split, train=train, val=val)
         skipped = bad_train + bad_val
+    classes = len(split.class_names)
     logger.info(
-        "data: %d training and %d validation images in %d classes (%s)",
+        "data: %d training and %d validation images in %d class%s (%s)",
         len(split.train),
         len(split.val),
-        len(split.class_names),
+        classes,
+        "" if classes == 1 else "es",
         split.source,
     )
     check_classes(  # before any decoding (with the cache, the readable images are checked again once known)
