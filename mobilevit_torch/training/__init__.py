@@ -1,1 +1,2 @@
-"""Training: the loop's pieces (schedule, EMA, checkpoints, metrics, logging)."""
+"""Training: ``loop.py`` is the loop; each file beside it one piece it calls (data, step, optimizer, EMA,
+resume, checkpoints, validation, logs, summary)."""
