@@ -23,6 +23,7 @@ from mobilevit_torch.data.folder import DataError
 from mobilevit_torch.data.images import BadImageError
 from mobilevit_torch.data.transforms import eval_transform
 from mobilevit_torch.evaluation import (
+    EvalResult,
     EvaluationError,
     evaluate_folder,
     load_model_from_checkpoint,
@@ -151,6 +152,22 @@ def test_evaluate_folder_subset_of_classes_top5_and_training_mode(tmp_path: Path
     assert model.training
     model(torch.rand(2, 3, 64, 64)).sum().backward()
     assert model.classifier.weight.grad is not None
+
+
+def test_evaluate_folder_reports_top5_from_five_classes(tmp_path: Path) -> None:
+    """Top-5 is reported from five classes on (not only above five): with exactly five, every image is a hit."""
+    folder = _write_folder(tmp_path / "photos", {"c": 2, "a": 1}, seed=2)
+    result = evaluate_folder(_make_model(["a", "b", "c", "d", "e"], folder), folder, num_workers=0, progress=False)
+    assert result.top5 == 1.0 and result.to_dict()["top5"] == 1.0
+
+
+def test_images_per_class_counts_the_true_labels() -> None:
+    """eval.json's images_per_class: the images of each class the folder holds (a confusion row), not how often
+    the model predicted it (a column)."""
+    confusion = torch.tensor([[1, 2, 0], [0, 0, 0], [3, 0, 1]])  # cm[true, predicted]: rows 3, 0, 4; columns 4, 2, 1
+    result = EvalResult(accuracy=2 / 7, top5=None, per_class={"a": 1 / 3, "c": 1 / 4}, confusion=confusion,
+                        class_names=["a", "b", "c"], num_images=7)  # fmt: skip
+    assert result.to_dict()["images_per_class"] == {"a": 3, "c": 4}
 
 
 def test_unknown_folder_class_is_an_error_naming_it(setup: dict, tmp_path: Path) -> None:
@@ -499,6 +516,24 @@ def test_evaluate_cli_prints_report_and_writes_files(setup: dict) -> None:
     assert report["per_class"] == pytest.approx(per_class) and report["top5"] is None
     with Image.open(output / "confusion_matrix.png") as image:
         assert image.format == "PNG"
+
+
+def test_evaluate_cli_prints_top5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Eight classes: the top-5 line shows the top-5 accuracy (here unlike the top-1 one), as eval.json does."""
+    names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    folder = _write_folder(tmp_path / "photos", {"b": 3, "e": 3, "h": 3}, seed=3)
+    model = _make_model(names, folder)
+    checkpoint = save_checkpoint(tmp_path / "best.pt", {**model_payload(model, names), "epoch": 0})
+    _, logits, labels = _direct_confusion(model, folder)
+    top1 = sum(int(logits[i].argmax()) == label for i, label in enumerate(labels)) / len(labels)
+    top5 = sum(label in logits[i].topk(5).indices.tolist() for i, label in enumerate(labels)) / len(labels)
+    assert f"{top1:.2%}" != f"{top5:.2%}"
+    argv = [str(a) for a in (checkpoint, folder, "--device", "cpu", "--workers", "0", "--no-progress",
+                             "--output", tmp_path / "report")]  # fmt: skip
+    assert _script("evaluate.py").main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy  {top1:.2%}\ntop-5     {top5:.2%}\n" in out, out
+    assert json.loads((tmp_path / "report" / "eval.json").read_text())["top5"] == pytest.approx(top5)
 
 
 def _script(name: str):

@@ -22,11 +22,12 @@ from PIL import Image
 
 from mobilevit_torch import create_model, list_models
 from mobilevit_torch.checkpoint import model_payload, save_checkpoint
+from mobilevit_torch.data.folder import make_split
 from mobilevit_torch.export import ConversionError, ExportError, ParityError, export_model, open_runner
 from mobilevit_torch.export import exporter as exporter_module
 from mobilevit_torch.export import formats as formats_module
 from mobilevit_torch.export import to_tflite as to_tflite_module
-from mobilevit_torch.export.images import balanced, pick_images
+from mobilevit_torch.export.images import balanced, pick_images, random_inputs
 from mobilevit_torch.export.parity import compare
 from mobilevit_torch.export.request import check_arguments
 from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
@@ -129,6 +130,7 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     assert result.labels.read_text().splitlines() == CLASSES
     meta = json.loads(result.sidecar.read_text())
     assert meta["format"] == "onnx" and meta["precision"] == "fp32" and meta["model"] == "mobilevit_xxs"
+    assert meta["source"] == str(assets["mobilevit_xxs"])  # the checkpoint it came from, not the model's name
     assert result.labels == tmp_path / "mobilevit_xxs_fp32.onnx.labels.txt"
     assert meta["class_names"] == CLASSES and meta["num_classes"] == 3
     assert meta["labels_file"] == "mobilevit_xxs_fp32.onnx.labels.txt" and "labels.txt order" in meta["output_meaning"]
@@ -146,7 +148,10 @@ def test_sidecar_and_labels(assets: dict[str, Path], tmp_path: Path) -> None:
     ]
     assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     assert meta["converter"]["opset"] == 18
-    assert "exported onnx fp32 ->" in result.summary() and "MB" in result.summary()
+    assert meta["converter"]["seconds"] == round(result.seconds, 2) > 0
+    size = result.path.stat().st_size
+    assert result.size_bytes == size
+    assert f"exported onnx fp32 -> {result.path} ({size / 1e6:.2f} MB) in {result.seconds:.1f} s" in result.summary()
 
 
 def test_sidecar_steps_for_apples_weights() -> None:
@@ -219,6 +224,31 @@ def test_flowers_checkpoint_finds_the_class_folders_training_used(
     with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
         export_model(format="onnx", checkpoint=checkpoint, check_images=3, data_root=root, output=tmp_path / "o.onnx")
     assert f"data.root {root} holds the classes [flower_photos], not the model's [cat, dog, owl]" in caplog.text
+
+
+def test_check_images_are_the_training_runs_validation_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint's data folder is split with the run's own seed and val_fraction (not make_split's defaults),
+    so the parity check runs on exactly the photos that run held out."""
+    photos = make_folder(tmp_path / "photos")
+    checkpoint = make_checkpoint(tmp_path / "m.pt")
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["config"] = {"seed": 7, "data": {"root": str(photos), "val_fraction": 0.5}}
+    save_checkpoint(checkpoint, payload)
+    held_out = {sample.path for sample in make_split(photos, seed=7, val_fraction=0.5).val}
+    assert len(held_out) == 9  # 3 of each class's 6
+    assert held_out != {sample.path for sample in make_split(photos, seed=0, val_fraction=0.5).val}
+    loaded: list[set[str]] = []
+    real = exporter_module.load_images
+
+    def recording(samples: list, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[int]]:
+        loaded.append({sample.path for sample in samples})
+        return real(samples, preprocessing)
+
+    monkeypatch.setattr(exporter_module, "load_images", recording)
+    result = export_model(format="onnx", checkpoint=checkpoint, check_images=20, img_size=64,
+                          output=tmp_path / "m.onnx")  # fmt: skip
+    assert loaded == [held_out]  # fp32 loads the check images only
+    assert result.parity.real_images and result.parity.images == 9
 
 
 def test_img_size_changes_the_recorded_preprocessing(assets: dict[str, Path], tmp_path: Path) -> None:
@@ -488,6 +518,14 @@ def test_images_are_split_and_balanced(assets: dict[str, Path]) -> None:
     assert balanced(picked.calibration, 100, seed=0) != [] and len(balanced(picked.calibration, 4, seed=0)) == 4
 
 
+def test_random_inputs_are_normalised_like_real_images() -> None:
+    """Without a folder the parity check runs on uniform [0, 1) pixels put through the model's mean and std."""
+    pre = Preprocessing(input_size=32, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    expected = (pixels - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(random_inputs(4, pre, seed=3), expected, atol=0, rtol=0)
+
+
 def test_compare_tolerances() -> None:
     reference = np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]], dtype=np.float32)
     assert compare(reference, reference + 5e-5, precision="fp32", real_images=True).passed
@@ -684,3 +722,16 @@ def test_int8_is_refused_when_no_image_can_be_held_out(
                      data_root=folder, output=tmp_path / "m.tflite", img_size=64)  # fmt: skip
     assert not (tmp_path / "m.tflite").exists()
     assert "too small to hold images out" not in caplog.text
+
+
+def test_a_folder_of_one_image_per_class_checks_on_the_calibration_images(
+    assets: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fp32 needs no calibration: one photo per class is used for the parity check, with a warning that none
+    could be held out."""
+    folder = make_folder(tmp_path / "one", per_class=1)
+    with caplog.at_level(logging.WARNING, logger="mobilevit_torch"):
+        result = export_model(format="onnx", checkpoint=assets["mobilevit_xxs"], data_root=folder, img_size=64,
+                              output=tmp_path / "m.onnx")  # fmt: skip
+    assert result.parity.real_images and result.parity.images == 3
+    assert f"{folder} is too small to hold images out: checking on the calibration images" in caplog.text

@@ -19,12 +19,22 @@ from mobilevit_torch.data.transforms import eval_transform
         ({"std": (0.0, 1.0, 1.0)}, ValueError, r"std must be positive, got \(0.0, 1.0, 1.0\)"),
         ({"mean": (0.5,)}, ValueError, r"mean needs one value per channel \(3\), got \(0.5,\)"),
         ({"crop_pct": 0}, ValueError, r"crop_pct must be in \(0, 1\]"),
+        ({"crop_pct": 1.2}, ValueError, r"crop_pct must be in \(0, 1\], got 1.2"),
         ({"channel_order": "bgr"}, ValueError, "channel_order must be 'RGB' or 'BGR'"),
     ],
 )
 def test_bad_fields_are_refused_by_name(fields: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         Preprocessing(**fields)
+
+
+@pytest.mark.parametrize(
+    ("input_size", "crop_pct", "resize_size"),
+    [(224, 0.875, 256), (256, 0.9, 284), (32, 0.9, 35), (256, 1.0, 256)],  # 32 / 0.9 = 35.6: floored, not rounded
+)
+def test_resize_size_is_floor_of_input_size_over_crop_pct(input_size: int, crop_pct: float, resize_size: int) -> None:
+    """timm's rule: the shorter side is resized to floor(input_size / crop_pct) before the centre crop."""
+    assert Preprocessing(input_size=input_size, crop_pct=crop_pct).resize_size == resize_size
 
 
 def test_round_trip_through_a_dict() -> None:

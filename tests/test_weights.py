@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def test_transformers_parity_save_pretrained_dir(name: str, tmp_path: Path) -> N
     assert ours.preprocessing.channel_order == "BGR"
     assert ours.preprocessing.interpolation == "bilinear"
     assert ours.preprocessing.resize_size == 288 and ours.preprocessing.crop_pct == 256 / 288  # Apple's evaluation
+
+
+def test_transformers_preprocessor_config_sets_the_preprocessing(tmp_path: Path) -> None:
+    """A save_pretrained folder's preprocessor_config.json: resample 3 (PIL's BICUBIC) is bicubic, and the crop and
+    shortest edge give input_size and crop_pct (224 of 256: 0.875), not Apple's 256 of 288."""
+    from transformers.image_utils import PILImageResampling
+
+    hf_model("mobilevit_xxs", num_labels=4).save_pretrained(tmp_path / "hf")
+    processor = transformers.MobileViTImageProcessor(
+        resample=PILImageResampling.BICUBIC, size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}
+    )
+    processor.save_pretrained(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())["resample"] == 3
+    pre = read_pretrained("mobilevit_xxs", tmp_path / "hf").preprocessing
+    assert pre.interpolation == "bicubic" and pre.channel_order == "BGR"
+    assert pre.input_size == 224 and pre.crop_pct == 0.875 and pre.resize_size == 256
 
 
 def test_headless_transformers_weights_are_recognised() -> None:
