@@ -221,7 +221,8 @@ def _follow(worker: subprocess.Popen, progress: Path, timeout_s: float) -> int:
                 returncode = worker.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 returncode = None
-            lines = progress.read_text(encoding="utf-8").splitlines() if progress.is_file() else []
+            text = progress.read_text(encoding="utf-8") if progress.is_file() else ""
+            lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only: one may be half-written
             for line in lines[told:]:
                 bar.clear()  # the log line goes where the bar was; the bar is drawn again below it
                 logger.info("tflite: %s", line)
