@@ -735,3 +735,14 @@ def test_a_folder_of_one_image_per_class_checks_on_the_calibration_images(
                               output=tmp_path / "m.onnx")  # fmt: skip
     assert result.parity.real_images and result.parity.images == 3
     assert f"{folder} is too small to hold images out: checking on the calibration images" in caplog.text
+
+
+def test_the_delegate_notice_is_dropped_and_nothing_else(capfd: pytest.CaptureFixture[str]) -> None:
+    """LiteRT's C++ "INFO: Created ... XNNPACK delegate" line is held back; a warning or error beside it is not."""
+    from mobilevit_torch.export.runtime import DELEGATE_NOTICE, _without_delegate_notice
+
+    print("before", file=sys.stderr)
+    with _without_delegate_notice():
+        os.write(2, b"a warning\n" + DELEGATE_NOTICE + b"\nERROR: something the user must see\n")
+    print("after", file=sys.stderr)
+    assert capfd.readouterr().err == "before\na warning\nERROR: something the user must see\nafter\n"

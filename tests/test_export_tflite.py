@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from mobilevit_torch.export.runtime import builtin_operators
 from mobilevit_torch.export.tflite_fp16 import candidates, choose_float16, logits_on
 from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, export_tflite_onnx, onnx2tf_sample
 from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
-from tests.conftest import input_sensitive
+from tests.conftest import REPO, input_sensitive
 from tests.test_export import CLASSES, make_checkpoint, make_folder
 
 for module in ("onnx2tf", "tensorflow", "tf_keras", "ai_edge_litert", "onnxsim", "onnx_graphsurgeon", "sng4onnx"):
@@ -171,6 +173,17 @@ def test_tflite_quantized_tiny(tiny_export: dict) -> None:
     report = info["fp16_weights"]
     assert report["probe_images"] == len(tiny_export["calibration"])
     assert report["probe_max_abs_diff_vs_fp32"] <= report["budget"] == 2.5e-3
+
+
+def test_running_a_file_prints_no_delegate_notice(tiny_export: dict) -> None:
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once a process: not via our runner."""
+    script = "import sys, numpy as np; from mobilevit_torch.export import open_runner; " + (
+        "print(open_runner(sys.argv[1])(np.zeros((1, 3, 64, 64), np.float32)).shape)"
+    )
+    path = str(tiny_export["outputs"]["fp32"])
+    done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 3)" and "XNNPACK" not in done.stderr, done.stderr
 
 
 def l2_norm_dtypes(path: Path) -> set[str]:

@@ -8,6 +8,11 @@ input and dequantise the output with the scale and zero point stored in the file
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,7 +89,8 @@ class TFLiteRunner:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         else:
             self.interpreter = Interpreter(model_content=content, num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with _without_delegate_notice():
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         signatures = self.interpreter.get_signature_list()
@@ -121,6 +127,34 @@ class TFLiteRunner:
             "output": {"name": self.output_name, "tensor": self.output["name"], **_tensor(self.output)},
             "signature": "serving_default",
         }
+
+
+DELEGATE_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _without_delegate_notice() -> Iterator[None]:
+    """LiteRT's C++ prints :data:`DELEGATE_NOTICE` on the process's stderr the first time a process
+    allocates an interpreter's tensors, and nothing turns it off: hold stderr (file descriptor 2) in
+    a temporary file meanwhile and pass on every other line, a warning or an error, as it was."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold (a process started without one)
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            rest = b"".join(line for line in lines if not line.startswith(DELEGATE_NOTICE))
+            while rest:
+                rest = rest[os.write(2, rest) :]
 
 
 def builtin_operators(path: Path) -> dict[str, int]:
