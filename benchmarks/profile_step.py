@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_models
+import bench_cases
 from script_checks import positive_int, require_device
 
 KINDS = [  # first match wins; matched against the lower-cased kernel name
@@ -46,11 +46,11 @@ def kind(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", default="ours", choices=bench_models.IMPLS, help="(default ours)")
+    parser.add_argument("--impl", default="ours", choices=bench_cases.IMPLS, help="(default ours)")
     parser.add_argument("--mode", default="bf16+cl", help="as bench_models.py's; +graph is ignored (default bf16+cl)")
     parser.add_argument("--batch", type=positive_int, default=128, help="(default 128)")
     parser.add_argument("--img-size", type=positive_int, default=256, help="(default 256)")
-    parser.add_argument("--variant", default="xxs", choices=sorted(bench_models.HF_CONFIGS))
+    parser.add_argument("--variant", default="xxs", choices=sorted(bench_cases.HF_CONFIGS))
     parser.add_argument("--steps", type=positive_int, default=5, help="steps profiled (default 5)")
     parser.add_argument("--top", type=positive_int, default=25, help="kernels listed (default 25)")
     parser.add_argument("--phase", default="train", choices=("train", "infer"))
@@ -59,12 +59,12 @@ def main() -> None:
     require_device("cuda", "profile_step.py (it profiles GPU kernels)")
     torch.backends.cudnn.benchmark = True
     try:
-        mode = bench_models.parse_mode(args.mode, "default")
+        mode = bench_cases.parse_mode(args.mode, "default")
     except ValueError as error:
         raise SystemExit(f"--mode: {error}") from None
-    mode = bench_models.Mode(mode.name, mode.bf16, mode.channels_last, mode.compile_mode, False, mode.recipe)
-    case = bench_models.Case("cuda", args.impl, mode, args.phase, args.batch)
-    step = bench_models.build_step(case, args)
+    mode = bench_cases.Mode(mode.name, mode.bf16, mode.channels_last, mode.compile_mode, False, mode.recipe)
+    case = bench_cases.Case("cuda", args.impl, mode, args.phase, args.batch)
+    step = bench_cases.build_step(case, args)
     for _ in range(10):
         step()
     torch.cuda.synchronize()

@@ -15,20 +15,17 @@ from tests.conftest import REPO
 from tests.train_helpers import make_folder
 
 
-def _bench_models(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("bench_models", REPO / "benchmarks" / "bench_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_models", module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def _benchmark(monkeypatch: pytest.MonkeyPatch, name: str):
+    """A module of benchmarks/ (``bench_models`` and the modules it is made of), imported as the scripts do."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module(name)
 
 
 def test_bench_models_cpu_table_json_and_ratios(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("timm")
-    bench = _bench_models(monkeypatch)
+    bench = _benchmark(monkeypatch, "bench_models")
     args = [
         "--device", "cpu", "--quick", "--img-size", "64", "--cpu-batch", "2",
         "--impl", "ours,ours-fnorm,ours-lpln,ours-fused,ours-fused-ref,timm",
@@ -60,7 +57,7 @@ def test_bench_models_cpu_table_json_and_ratios(
     assert fused["page_faults_per_iter"] is None or fused["page_faults_per_iter"] >= 0
     # Peak memory on the CPU (glibc): a training step holds gradients, AdamW state and the activations
     # autograd saves, far more than an inference forward; the folded model holds fewer maps.
-    if bench.heap_allocated() is not None:
+    if _benchmark(monkeypatch, "bench_timing").heap_allocated() is not None:
         peaks = {key: row["peak_mib"] for key, row in results.items()}
         assert all(value is not None and value > 0 for value in peaks.values()), peaks
         for impl in ("ours", "timm"):
@@ -78,7 +75,7 @@ def test_bench_models_cpu_table_json_and_ratios(
 
 def test_headline_best_vs_best_leaves_out_modes_timm_has_no_result_in(monkeypatch: pytest.MonkeyPatch) -> None:
     """timm's compiled case skipped (e.g. past --time-budget): ours compiled must not be set against timm eager."""
-    bench = _bench_models(monkeypatch)
+    bench = _benchmark(monkeypatch, "bench_cases")
     eager, compiled = bench.parse_mode("fp32", "default"), bench.parse_mode("fp32+compile", "default")
 
     def case(impl: str, mode, seconds: float | None):
@@ -88,7 +85,7 @@ def test_headline_best_vs_best_leaves_out_modes_timm_has_no_result_in(monkeypatc
 
     cases = [case("ours", eager, 0.1), case("ours", compiled, 0.02), case("timm", eager, 0.05)]
     cases.append(case("timm", compiled, None))
-    lines = bench.headline(cases, "fp32")
+    lines = _benchmark(monkeypatch, "bench_report").headline(cases, "fp32")
     best = next(line for line in lines if "infer best vs best" in line)
     assert "ours [fp32] 100.0 img/s / timm [fp32] 200.0 img/s = 0.50" in best, lines
     assert not any("best vs timm compiled" in line for line in lines)  # nothing of timm's compiled to compare
@@ -192,7 +189,7 @@ def test_conv_census_times_every_convolution_of_a_step(tmp_path: Path, monkeypat
 def test_which_modes_replay_cuda_graphs(monkeypatch: pytest.MonkeyPatch, mode: str, graphed: bool) -> None:
     """The modes whose CUDA peak memory is taken over the capture too (a replay allocates nothing); the peak
     itself is measured on a GPU only."""
-    bench = _bench_models(monkeypatch)
+    bench = _benchmark(monkeypatch, "bench_cases")
     assert bench.uses_cuda_graphs(bench.parse_mode(mode, "default")) is graphed
 
 
@@ -202,7 +199,7 @@ def test_the_kernel_rows_are_the_folded_model_with_switches_on(monkeypatch: pyte
     from mobilevit_torch.blocks import InvertedResidual
     from mobilevit_torch.layers import ConvNormAct
 
-    bench = _bench_models(monkeypatch)
+    bench = _benchmark(monkeypatch, "bench_cases")
     switches = {}
     for impl in ("ours-fused", "ours-fused-mv2", "ours-fused-k"):
         modules = list(bench.build_model(impl, "xxs", False).modules())
