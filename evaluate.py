@@ -1,6 +1,7 @@
-"""Score a training checkpoint on a folder of labelled images (one sub-folder per class).
+"""Score a training checkpoint or an exported file on a folder of labelled images (one sub-folder per class).
 
     python evaluate.py outputs/<run>/best.pt path/to/test_photos [--batch-size 64] [--device auto] [--output DIR]
+    python evaluate.py model.tflite path/to/test_photos     # what export.py wrote, run as an app runs it
 
 Prints accuracy, top-5 accuracy (five classes or more) and a per-class table, and writes
 ``confusion_matrix.png`` and ``eval.json`` to ``--output`` (default: ``eval_<folder>/`` next to the
@@ -21,7 +22,12 @@ from mobilevit_torch.cli import non_negative_int, one_line, positive_int, start_
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a mobilevit-torch training checkpoint (.pt), or a .onnx / .tflite file export.py wrote (run on the "
+        "CPU as an app runs it, with the class names and preprocessing of its sidecar <file>.json)",
+    )
     parser.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--workers", type=non_negative_int, default=2, help="image-decoding worker processes (0: none)")
@@ -39,14 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from mobilevit_torch.evaluation import USER_ERRORS, evaluate_folder, load_model_from_checkpoint, resolve_device
+    from mobilevit_torch.export.classifier import EXPORTED_SUFFIXES, exported_device, load_exported
+    from mobilevit_torch.export.errors import ExportError
     from mobilevit_torch.training.plots import plot_confusion_matrix
 
     data_name = args.data_dir.expanduser().resolve().name
     output = (args.output or args.checkpoint.expanduser().parent / f"eval_{data_name}").expanduser()
     created = not output.exists()
     try:
-        device = resolve_device(args.device)
-        model = load_model_from_checkpoint(args.checkpoint)
+        if args.checkpoint.suffix in EXPORTED_SUFFIXES:
+            device, model = exported_device(args.device), load_exported(args.checkpoint)
+        else:
+            device, model = resolve_device(args.device), load_model_from_checkpoint(args.checkpoint)
         check_output_folder(output)  # before the scoring, which can take a while
         with logging_redirect_tqdm():  # a skipped-image warning prints above the progress bar, not into it
             result = evaluate_folder(
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=device,
                 progress=not args.no_progress,
             )
-    except (*USER_ERRORS, KeyboardInterrupt) as error:
+    except (*USER_ERRORS, ExportError, KeyboardInterrupt) as error:
         if created and output.is_dir() and not any(output.iterdir()):
             output.rmdir()  # made above for nothing
         if isinstance(error, KeyboardInterrupt):

@@ -1,7 +1,8 @@
-"""Classify images with a training checkpoint: the top-k classes of each, with probabilities.
+"""Classify images with a training checkpoint or an exported file: the top-k classes of each, with probabilities.
 
     python predict.py outputs/<run>/best.pt photo.jpg [more.jpg ...] [--topk 5] [--device auto]
     python predict.py outputs/<run>/best.pt my_photos/      # every image file in the folder, recursively
+    python predict.py model.tflite photo.jpg                # what export.py wrote, run as an app runs it
 
 An unreadable or missing image named on the command line ends the run, before any image is
 classified, with one ``error:`` line naming it and exit status 2 (answers are printed per image, so
@@ -21,7 +22,12 @@ from mobilevit_torch.cli import one_line, positive_int, start_inference_script
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a mobilevit-torch training checkpoint (.pt)")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a mobilevit-torch training checkpoint (.pt), or a .onnx / .tflite file export.py wrote (run on the "
+        "CPU as an app runs it, with the class names and preprocessing of its sidecar <file>.json)",
+    )
     parser.add_argument(
         "images", type=Path, nargs="+", metavar="IMAGE", help="image files, or folders of them, to classify"
     )
@@ -36,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         return code
     # Imported only now, so --help and the early errors answer without loading torch (seconds).
     from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device
+    from mobilevit_torch.export.classifier import EXPORTED_SUFFIXES, exported_device, load_exported
+    from mobilevit_torch.export.errors import ExportError
 
     try:
-        device = resolve_device(args.device)
-        model = load_model_from_checkpoint(args.checkpoint)
+        if args.checkpoint.suffix in EXPORTED_SUFFIXES:
+            device, model = exported_device(args.device), load_exported(args.checkpoint)
+        else:
+            device, model = resolve_device(args.device), load_model_from_checkpoint(args.checkpoint)
         images, skipped = expand_folders(args.images)
         predictions = predict_images(model, images, topk=args.topk, device=device)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, ExportError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

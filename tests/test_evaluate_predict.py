@@ -729,3 +729,94 @@ def test_predict_cli_unreadable_image_is_one_line_exit_2(
     done = _run("predict.py", setup["checkpoint"], image, broken, empty, "--device", "cpu")
     assert done.returncode == 2
     _one_error_line(done.stderr, f"{broken}: not a recognised image format (also unreadable: {empty})")
+
+
+# -- an exported file in place of the checkpoint -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint exported to ONNX (fixed batch 1, as export.py writes it by default), with its sidecar."""
+    pytest.importorskip("onnxruntime", reason="the ONNX toolchain is not installed (pip install -e '.[onnx]')")
+    from mobilevit_torch.export import export_model
+
+    output = tmp_path_factory.mktemp("exported") / "model.onnx"
+    return export_model(format="onnx", checkpoint=setup["checkpoint"], data_root=setup["folder"], output=output).path
+
+
+def test_an_exported_file_scores_and_ranks_as_its_checkpoint(setup: dict, exported: Path) -> None:
+    """evaluate_folder and predict_images take the .onnx as they take the model: same confusion, same ranking."""
+    from mobilevit_torch.export import load_exported
+
+    model = load_exported(exported)
+    assert model.class_names == MODEL_CLASSES and model.preprocessing == setup["model"].preprocessing
+    result = evaluate_folder(model, setup["folder"], batch_size=4, num_workers=0, progress=False)
+    expected_cm, expected_logits, _ = _direct_confusion(setup["model"], setup["folder"])
+    assert result.confusion.tolist() == expected_cm and result.num_images == 9
+    assert sum(any(row[c] for row in expected_cm) for c in range(3)) > 1, "the model predicts one class only"
+
+    paths = sorted(setup["folder"].rglob("*.*"))
+    got, want = predict_images(model, paths, topk=3), predict_images(setup["model"], paths, topk=3)
+    for ranked, expected in zip(got, want, strict=True):
+        assert [name for name, _ in ranked] == [name for name, _ in expected]
+        assert [p for _, p in ranked] == pytest.approx([p for _, p in expected], abs=1e-4)  # fp32 parity bound
+    _, logits, _ = _direct_confusion(model, setup["folder"])  # the file's own logits, image by image
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=0)
+
+
+def test_evaluate_and_predict_cli_take_an_exported_file(
+    setup: dict, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, image = setup["folder"], sorted(setup["folder"].rglob("*.png"))[0]
+    common = ["--device", "cpu", "--workers", "0", "--no-progress"]
+    argv = [str(setup["checkpoint"]), str(folder), *common, "--output", str(tmp_path / "from_checkpoint")]
+    assert _script("evaluate.py").main(argv) == 0
+    from_checkpoint = capsys.readouterr().out
+    argv = [str(exported), str(folder), *common, "--output", str(tmp_path / "report")]
+    assert _script("evaluate.py").main(argv) == 0
+    from_file = capsys.readouterr().out
+    assert "model     mobilevit_xxs (onnx fp32) from " in from_file
+    table = [line for line in from_file.splitlines() if line.startswith(("accuracy", *MODEL_CLASSES))]
+    assert len(table) == 4 and table == [
+        line for line in from_checkpoint.splitlines() if line.startswith(("accuracy", *MODEL_CLASSES))
+    ]
+    assert json.loads((tmp_path / "report" / "eval.json").read_text())["checkpoint"] == str(exported)
+
+    assert _script("predict.py").main([str(exported), str(image), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = predict_images(setup["model"], [image], topk=2)[0]
+    assert lines[0] == str(image) and [line.split()[0] for line in lines[1:]] == [name for name, _ in expected]
+
+
+@pytest.mark.parametrize("case", ["no sidecar", "not JSON", "not a sidecar", "other size", "not ONNX", "cuda"])
+def test_an_exported_file_that_cannot_be_run_is_one_line(
+    setup: dict, exported: Path, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "copy.onnx"
+    shutil.copy(exported, path)
+    sidecar = json.loads(Path(f"{exported}.json").read_text())
+    device = "cpu"
+    if case == "not JSON":
+        Path(f"{path}.json").write_text("{")
+    elif case == "not a sidecar":
+        Path(f"{path}.json").write_text(json.dumps({"format": "onnx"}))
+    elif case == "other size":
+        sidecar["preprocessing"]["input_size"] = 96
+        Path(f"{path}.json").write_text(json.dumps(sidecar))
+    elif case == "not ONNX":
+        path.write_bytes(b"not a protobuf")
+        Path(f"{path}.json").write_text(json.dumps(sidecar))
+    elif case == "cuda":
+        Path(f"{path}.json").write_text(json.dumps(sidecar))
+        device = "cuda"
+    messages = {
+        "no sidecar": "has no sidecar copy.onnx.json beside it",
+        "not JSON": "copy.onnx.json cannot be read as JSON",
+        "not a sidecar": "is not an export sidecar: it has no list of class names",
+        "other size": "takes [1, 3, 64, 64] input, but its sidecar's preprocessing makes 96 x 96 images",
+        "not ONNX": "copy.onnx cannot be run by its runtime",
+        "cuda": "an exported file runs on the CPU",
+    }
+    image = sorted(setup["folder"].rglob("*.png"))[0]
+    assert _script("predict.py").main([str(path), str(image), "--device", device]) == 2
+    _one_error_line(capsys.readouterr().err, messages[case])

@@ -80,6 +80,17 @@ def test_tflite_fp32_xxs_matches_pytorch(tmp_path: Path) -> None:
     with torch.no_grad():
         assert np.abs(got - model(x).numpy()).max() <= 1e-4
 
+    # The file in place of the checkpoint, as evaluate.py and predict.py run it: the model's probabilities.
+    from mobilevit_torch.evaluation import predict_images
+    from mobilevit_torch.export import load_exported
+
+    photos = sorted(folder.rglob("*.*"))
+    exported = load_exported(result.path)
+    assert exported.class_names == CLASSES and exported.model_name == "mobilevit_xxs (tflite fp32)"
+    for ranked, expected in zip(predict_images(exported, photos), predict_images(model, photos), strict=True):
+        assert [name for name, _ in ranked] == [name for name, _ in expected]
+        assert [p for _, p in ranked] == pytest.approx([p for _, p in expected], abs=1e-4)
+
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict:

@@ -17,6 +17,8 @@ from mobilevit_torch.lazy import lazy_exports
 # Imported on first use (PEP 562), as the top-level package does: export.py checks its arguments with
 # the torch-free ``request`` module before anything here loads torch.
 _EXPORTS = {
+    "ExportedClassifier": "mobilevit_torch.export.classifier",
+    "load_exported": "mobilevit_torch.export.classifier",
     "ConversionError": "mobilevit_torch.export.errors",
     "ExportError": "mobilevit_torch.export.errors",
     "ParityError": "mobilevit_torch.export.errors",
@@ -31,6 +33,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from mobilevit_torch.export.classifier import ExportedClassifier, load_exported
     from mobilevit_torch.export.errors import ConversionError, ExportError, ParityError
     from mobilevit_torch.export.exporter import ExportResult, export_model
     from mobilevit_torch.export.formats import FORMATS, ExportFormat
@@ -45,9 +48,11 @@ __all__ = [
     "ExportError",
     "ExportFormat",
     "ExportResult",
+    "ExportedClassifier",
     "ParityError",
     "ParityReport",
     "export_model",
+    "load_exported",
     "open_runner",
 ]
 
