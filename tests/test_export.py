@@ -31,10 +31,25 @@ from mobilevit_torch.export.images import balanced, pick_images, random_inputs
 from mobilevit_torch.export.parity import compare
 from mobilevit_torch.export.request import check_arguments
 from mobilevit_torch.export.to_tflite import OFFLINE_GUARD, onnx2tf_sample
+from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
 from mobilevit_torch.preprocessing import Preprocessing
 from tests.conftest import REPO, assert_input_sensitive, input_sensitive
 
 CLASSES = ["cat", "dog", "owl"]
+
+# A MobileViT with every kind of block but one of each, so onnx2tf takes seconds, not a minute.
+TINY = MobileViTConfig(
+    stem_chs=8,
+    expand_ratio=2.0,
+    stages=(
+        StageSpec(8, 1, 1),
+        StageSpec(16, 1, 2),
+        StageSpec(16, 1, 2, transformer_dim=16, ffn_dim=32, num_layers=1),
+        StageSpec(24, 1, 2, transformer_dim=24, ffn_dim=48, num_layers=1),
+        StageSpec(32, 1, 2, transformer_dim=32, ffn_dim=64, num_layers=1),
+    ),
+    final_chs=64,
+)
 
 
 def make_folder(root: Path, classes: list[str] = CLASSES, per_class: int = 6) -> Path:
@@ -566,6 +581,73 @@ def test_offline_guard_blocks_network(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "blocked"
+
+
+def test_export_onnx_writes_one_file_of_the_eval_model(tmp_path: Path) -> None:
+    """export_onnx on its own: a model left in training mode is exported in eval mode (BatchNorm's running
+    statistics, not the batch's), and the weights are inside the one file written (no external data beside it)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from mobilevit_torch.export.to_onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = input_sensitive(MobileViT(TINY, num_classes=3)).train()
+    path = export_onnx(model, tmp_path / "m.onnx", img_size=64)
+    assert list(tmp_path.iterdir()) == [path]
+    initializers = onnx.load(str(path), load_external_data=False).graph.initializer
+    assert initializers and not [i.name for i in initializers if i.data_location == onnx.TensorProto.EXTERNAL]
+    x = torch.rand(2, 3, 64, 64)
+    session = ort.InferenceSession(str(path))
+    got = np.concatenate([session.run(None, {"input": image[None].numpy()})[0] for image in x])
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_export_onnx_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converter failure is a one-line ConversionError; a failed write stays an OSError: the caller names the file."""
+    pytest.importorskip("onnx")
+    from mobilevit_torch.export.to_onnx import export_onnx
+
+    def fails(error: BaseException) -> object:
+        def export(*args: object, **kwargs: object) -> None:
+            raise error
+
+        return export
+
+    model = MobileViT(TINY, num_classes=3)
+    monkeypatch.setattr(torch.onnx, "export", fails(RuntimeError("no ONNX for aten::foo\n  a long trace")))
+    with pytest.raises(ConversionError, match=r"^ONNX export failed: RuntimeError: no ONNX for aten::foo$"):
+        export_onnx(model, tmp_path / "m.onnx", img_size=64)
+    monkeypatch.setattr(torch.onnx, "export", fails(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError, match="No space left on device") as error:
+        export_onnx(model, tmp_path / "m.onnx", img_size=64)
+    assert not isinstance(error.value, ConversionError)
+
+
+def test_checkpoint_data_root_only_names_a_folder_that_is_here(tmp_path: Path) -> None:
+    """A checkpoint trained on another machine names a data.root that is not here: no folder, random inputs."""
+    from mobilevit_torch.export.source import ModelSource, checkpoint_data_root
+
+    def source(data: object) -> ModelSource:
+        return ModelSource("mobilevit_xxs", checkpoint=tmp_path / "m.pt", training_config={"data": data})
+
+    assert checkpoint_data_root(source({"root": str(tmp_path)})) == tmp_path
+    assert checkpoint_data_root(source({"root": str(tmp_path / "elsewhere")})) is None
+    (tmp_path / "file.txt").write_text("not a folder")
+    assert checkpoint_data_root(source({"root": str(tmp_path / "file.txt")})) is None
+    assert checkpoint_data_root(source({"root": ""})) is None and checkpoint_data_root(source(None)) is None
+
+
+def test_model_source_describes_its_weights(tmp_path: Path) -> None:
+    """The sidecar's ``source``: the checkpoint, the pretrained weights, or the warning that there are none."""
+    from mobilevit_torch.export.source import ModelSource
+
+    assert ModelSource("mobilevit_xs", checkpoint=tmp_path / "m.pt").describe() == str(tmp_path / "m.pt")
+    assert ModelSource("mobilevit_xs", pretrained="apple/mobilevit-x-small").describe() == (
+        "mobilevit_xs with weights apple/mobilevit-x-small"
+    )
+    assert ModelSource("mobilevit_xs").describe() == "mobilevit_xs (random initialisation)"
 
 
 # -- the command line ----------------------------------------------------------------------------------

@@ -21,29 +21,14 @@ from mobilevit_torch.export.parity import TOLERANCES
 from mobilevit_torch.export.runtime import builtin_operators
 from mobilevit_torch.export.tflite_fp16 import candidates, choose_float16, logits_on
 from mobilevit_torch.export.to_tflite import convert_onnx_to_tflite, export_tflite_onnx, onnx2tf_sample
-from mobilevit_torch.models import MobileViT, MobileViTConfig, StageSpec
+from mobilevit_torch.models import MobileViT
 from tests.conftest import REPO, input_sensitive
-from tests.test_export import CLASSES, make_checkpoint, make_folder
+from tests.test_export import CLASSES, TINY, make_checkpoint, make_folder
 
 for module in ("onnx2tf", "tensorflow", "tf_keras", "ai_edge_litert", "onnxsim", "onnx_graphsurgeon", "sng4onnx"):
     pytest.importorskip(module, reason="the TFLite toolchain is not installed (scripts/install_export_deps.sh)")
 
 pytestmark = pytest.mark.tflite
-
-# A MobileViT with every kind of block but one of each, so onnx2tf takes seconds, not a minute.
-TINY = MobileViTConfig(
-    stem_chs=8,
-    expand_ratio=2.0,
-    stages=(
-        StageSpec(8, 1, 1),
-        StageSpec(16, 1, 2),
-        StageSpec(16, 1, 2, transformer_dim=16, ffn_dim=32, num_layers=1),
-        StageSpec(24, 1, 2, transformer_dim=24, ffn_dim=48, num_layers=1),
-        StageSpec(32, 1, 2, transformer_dim=32, ffn_dim=64, num_layers=1),
-    ),
-    final_chs=64,
-)
-
 
 def test_tflite_fp32_xxs_matches_pytorch(tmp_path: Path) -> None:
     """The issue's CI conversion: a full XXS, fp32, LiteRT against PyTorch on real (generated) photos."""
