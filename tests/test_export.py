@@ -650,6 +650,84 @@ def test_model_source_describes_its_weights(tmp_path: Path) -> None:
     assert ModelSource("mobilevit_xs").describe() == "mobilevit_xs (random initialisation)"
 
 
+# What tflite_worker.py does, played by a script: follows FAKE_WORKER (ok, fail, timeout) and reports its request.
+FAKE_WORKER = """
+import json, os, socket, sys, time
+
+open(os.environ["FAKE_WORKER_PID"], "w").write(str(os.getpid()))
+request = json.loads(open(sys.argv[1]).read())
+mode = os.environ["FAKE_WORKER"]
+assert getattr(socket.socket.connect, "offline_guard", False), "no offline guard"
+with open(request["progress"], "a") as progress:
+    progress.write("loading\\nconverting: ha")
+    progress.flush()
+    time.sleep(2.5 if mode == "ok" else 0)  # the parent reads the half-written line meanwhile
+    progress.write("lf of it\\n")
+if mode == "timeout":
+    time.sleep(120)
+if mode == "fail":
+    print("WARNING: an error it recovered from")
+    print("ValueError: the real cause")
+    print("exiting")
+    sys.exit(1)
+for target in request["outputs"].values():
+    open(target, "w").write("tflite")
+import numpy as np
+
+calibration = request["calibration"] and list(np.load(request["calibration"]).shape)
+json.dump({"outputs": sorted(request["outputs"]), "calibration": calibration, "tflite_seconds": {}},
+          open(request["result"], "w"))
+"""
+
+
+@pytest.fixture
+def fake_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """convert_onnx_to_tflite with FAKE_WORKER in place of the worker (no TensorFlow needed); the file of its pid."""
+    worker = tmp_path / "fake_worker.py"
+    worker.write_text(FAKE_WORKER)
+    monkeypatch.setattr(to_tflite_module, "WORKER", worker)
+    monkeypatch.setattr(to_tflite_module, "require_modules", lambda *args, **kwargs: None)
+    monkeypatch.setattr(to_tflite_module, "onnxsim_executable", lambda: sys.executable)
+    monkeypatch.setenv("FAKE_WORKER_PID", str(tmp_path / "pid"))
+    return tmp_path / "pid"
+
+
+def test_conversion_process(
+    fake_worker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The parent's side of the conversion: offline worker, whole stage lines, calibration only for int8, a
+    failure's telling log line and kept log, a timeout that stops the worker."""
+    convert = to_tflite_module.convert_onnx_to_tflite
+    sample = np.zeros((20, 128, 128, 3), np.float32)
+    calibration = np.zeros((5, 64, 64, 3), np.float32)
+    for empty in (None, calibration[:0]):  # int8 without images: refused before any work
+        with pytest.raises(ExportError, match="precision=int8 needs real calibration images"):
+            convert(tmp_path / "m.onnx", {"int8": tmp_path / "m.tflite"}, sample=sample, calibration=empty)
+
+    monkeypatch.setenv("FAKE_WORKER", "ok")
+    outputs = {"fp32": tmp_path / "out" / "m_fp32.tflite", "int8": tmp_path / "out" / "m_int8.tflite"}
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"):
+        result = convert(tmp_path / "m.onnx", outputs, sample=sample, calibration=calibration)
+    assert [r.getMessage() for r in caplog.records] == ["tflite: loading", "tflite: converting: half of it"]
+    assert result["outputs"] == ["fp32", "int8"] and result["calibration"] == [5, 64, 64, 3]
+    assert all(path.read_text() == "tflite" for path in outputs.values())
+    result = convert(tmp_path / "m.onnx", {"fp32": outputs["fp32"]}, sample=sample, calibration=calibration)
+    assert result["calibration"] is None  # fp32 is not calibrated
+
+    monkeypatch.setenv("FAKE_WORKER", "fail")
+    failed = tmp_path / "failed" / "m.tflite"
+    message = f"failed (exit status 1): ValueError: the real cause; log: {failed}.convert.log"
+    with pytest.raises(ConversionError, match=re.escape(message) + "$"):
+        convert(tmp_path / "m.onnx", {"fp32": failed}, sample=sample)
+    assert "ValueError: the real cause" in Path(f"{failed}.convert.log").read_text()
+
+    monkeypatch.setenv("FAKE_WORKER", "timeout")
+    with pytest.raises(ConversionError, match="TFLite conversion stopped after 1 s; log: "):
+        convert(tmp_path / "m.onnx", {"fp32": tmp_path / "late.tflite"}, sample=sample, timeout_s=1)
+    with pytest.raises(ProcessLookupError):  # the worker was stopped too
+        os.kill(int(fake_worker.read_text()), 0)
+
+
 # -- the command line ----------------------------------------------------------------------------------
 
 
