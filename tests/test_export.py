@@ -728,6 +728,61 @@ def test_conversion_process(
         os.kill(int(fake_worker.read_text()), 0)
 
 
+def _fake_tensorflow() -> tuple[object, list]:
+    """Just enough of ``tf`` for the worker's ``_convert``; the list collects the converters it made."""
+    from types import SimpleNamespace
+
+    made: list = []
+
+    def from_keras_model(model: object) -> SimpleNamespace:
+        converter = SimpleNamespace(target_spec=SimpleNamespace(supported_ops=None), optimizations=[])
+        converter.convert = lambda: b"tflite"
+        made.append(converter)
+        return converter
+
+    lite = SimpleNamespace(
+        TFLiteConverter=SimpleNamespace(from_keras_model=from_keras_model),
+        OpsSet=SimpleNamespace(TFLITE_BUILTINS="BUILTINS", TFLITE_BUILTINS_INT8="BUILTINS_INT8", SELECT_TF_OPS="FLEX"),
+        Optimize=SimpleNamespace(DEFAULT="DEFAULT"),
+    )
+    return SimpleNamespace(lite=lite, int8="int8"), made
+
+
+def test_worker_converter_settings(tmp_path: Path) -> None:
+    """Builtin ops only (never Flex) for every precision; full int8 calibrated on every image, one at a time."""
+    from mobilevit_torch.export.tflite_worker import _convert
+
+    tf, made = _fake_tensorflow()
+    images = np.random.default_rng(0).random((7, 32, 32, 3), dtype=np.float32)
+    np.save(tmp_path / "calibration.npy", images)
+    assert _convert(tf, None, "fp32", None) == b"tflite"
+    assert made[-1].target_spec.supported_ops == ["BUILTINS"] and made[-1].optimizations == []
+    _convert(tf, None, "int8_dynamic", None)
+    assert made[-1].target_spec.supported_ops == ["BUILTINS"] and made[-1].optimizations == ["DEFAULT"]
+    assert not hasattr(made[-1], "representative_dataset")
+    _convert(tf, None, "int8", str(tmp_path / "calibration.npy"))
+    int8 = made[-1]
+    assert int8.target_spec.supported_ops == ["BUILTINS_INT8"] and int8.optimizations == ["DEFAULT"]
+    assert int8.inference_input_type == int8.inference_output_type == "int8"
+    batches = [batch for (batch,) in int8.representative_dataset()]
+    assert [batch.shape for batch in batches] == [(1, 32, 32, 3)] * 7
+    np.testing.assert_array_equal(np.concatenate(batches), images)
+    with pytest.raises(ValueError, match="needs calibration images"):
+        _convert(tf, None, "int8", None)
+
+
+def test_worker_refuses_to_run_without_the_offline_guard(tmp_path: Path) -> None:
+    """Run without the parent's sitecustomize (so onnx2tf could download), the worker stops before any work."""
+    request = {"progress": str(tmp_path / "progress.txt")}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    done = subprocess.run(
+        [sys.executable, str(to_tflite_module.WORKER), str(tmp_path / "request.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 3 and "the offline guard (sitecustomize) is not active" in done.stderr
+    assert not (tmp_path / "progress.txt").exists()
+
+
 # -- the command line ----------------------------------------------------------------------------------
 
 
