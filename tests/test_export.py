@@ -783,6 +783,58 @@ def test_worker_refuses_to_run_without_the_offline_guard(tmp_path: Path) -> None
     assert not (tmp_path / "progress.txt").exists()
 
 
+def test_fp16_candidates_are_the_large_float32_constants() -> None:
+    """Only constant float32 tensors of at least MIN_ELEMENTS values (weights) may be halved; biases stay float32."""
+    from types import SimpleNamespace
+
+    from mobilevit_torch.export.tflite_fp16 import FLOAT16, FLOAT32, MIN_ELEMENTS, candidates
+
+    buffers = [SimpleNamespace(data=None)] + [SimpleNamespace(data=b"\0" * 4 * n) for n in (MIN_ELEMENTS, 255, 4096)]
+    tensors = [
+        SimpleNamespace(type=FLOAT32, buffer=1),  # a weight of exactly MIN_ELEMENTS values
+        SimpleNamespace(type=FLOAT32, buffer=2),  # a bias: 255 values
+        SimpleNamespace(type=FLOAT16, buffer=3),  # already half
+        SimpleNamespace(type=FLOAT32, buffer=0),  # an activation: no data
+        SimpleNamespace(type=FLOAT32, buffer=3),
+    ]
+    model = SimpleNamespace(buffers=buffers, subgraphs=[SimpleNamespace(tensors=tensors)])
+    assert candidates(model) == [0, 4]
+
+
+def test_fp16_choice_halves_the_cheapest_weights_per_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over budget, the weights are halved cheapest-first (logit change per byte saved), as many as the budget allows;
+    played with made-up costs: the logit change of a file is the sum of its halved tensors' own."""
+    pytest.importorskip("ai_edge_litert", reason="LiteRT is not installed (scripts/install_export_deps.sh)")
+    from types import SimpleNamespace
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from mobilevit_torch.export import tflite_fp16
+    from mobilevit_torch.export.tflite_fp16 import FLOAT32, MIN_ELEMENTS
+
+    effect = {0: 1e-3, 1: 4e-3, 2: 4e-3, 3: 1e-2}  # tensor 2 is 4 times larger: per byte it is cheaper than 1
+    sizes = {0: 1, 1: 1, 2: 4, 3: 1}
+    weights = [SimpleNamespace(data=b"\0" * 4 * MIN_ELEMENTS * n) for n in sizes.values()]
+    buffers = [SimpleNamespace(data=None), *weights]  # buffer 0: the empty one
+    tensors = [SimpleNamespace(type=FLOAT32, buffer=i + 1) for i in effect]
+    model = SimpleNamespace(buffers=buffers, subgraphs=[SimpleNamespace(tensors=tensors)])
+    monkeypatch.setattr(flatbuffer_utils, "read_model_from_bytearray", lambda content: model)
+    monkeypatch.setattr(tflite_fp16, "with_float16", lambda fp32, halved: fp32 + b":" + bytes(sorted(halved)))
+
+    def logits_on(probe: np.ndarray, threads: int = 2) -> object:
+        return lambda content: np.full((len(probe), 2), sum(effect[i] for i in content.partition(b":")[2]))
+
+    monkeypatch.setattr(tflite_fp16, "logits_on", logits_on)
+    probe = np.zeros((3, 32, 32, 3), np.float32)
+    content, report = tflite_fp16.choose_float16(b"fp32", probe, budget=6e-3)
+    assert content == b"fp32:" + bytes([0, 2])  # 0 then 2 (5e-3); adding 1 would make 9e-3
+    assert report["float16_tensors"] == 2 and report["float32_tensors_kept"] == 2
+    assert report["float32_bytes_kept"] == 2 * 4 * MIN_ELEMENTS
+    assert report["probe_max_abs_diff_vs_fp32"] == pytest.approx(5e-3)
+    assert tflite_fp16.choose_float16(b"fp32", probe, budget=1.0)[0] == b"fp32:" + bytes([0, 1, 2, 3])
+    assert tflite_fp16.choose_float16(b"fp32", probe, budget=1e-4)[0] == b"fp32"
+
+
 # -- the command line ----------------------------------------------------------------------------------
 
 
