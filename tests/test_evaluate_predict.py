@@ -788,7 +788,9 @@ def test_evaluate_and_predict_cli_take_an_exported_file(
     assert lines[0] == str(image) and [line.split()[0] for line in lines[1:]] == [name for name, _ in expected]
 
 
-@pytest.mark.parametrize("case", ["no sidecar", "not JSON", "not a sidecar", "other size", "not ONNX", "cuda"])
+@pytest.mark.parametrize(
+    "case", ["no sidecar", "not JSON", "not a sidecar", "other size", "other classes", "not ONNX", "cuda"]
+)
 def test_an_exported_file_that_cannot_be_run_is_one_line(
     setup: dict, exported: Path, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -803,6 +805,9 @@ def test_an_exported_file_that_cannot_be_run_is_one_line(
     elif case == "other size":
         sidecar["preprocessing"]["input_size"] = 96
         Path(f"{path}.json").write_text(json.dumps(sidecar))
+    elif case == "other classes":
+        sidecar["class_names"] = [*MODEL_CLASSES, "lily"]
+        Path(f"{path}.json").write_text(json.dumps(sidecar))
     elif case == "not ONNX":
         path.write_bytes(b"not a protobuf")
         Path(f"{path}.json").write_text(json.dumps(sidecar))
@@ -814,6 +819,7 @@ def test_an_exported_file_that_cannot_be_run_is_one_line(
         "not JSON": "copy.onnx.json cannot be read as JSON",
         "not a sidecar": "is not an export sidecar: it has no list of class names",
         "other size": "takes [1, 3, 64, 64] input, but its sidecar's preprocessing makes 96 x 96 images",
+        "other classes": "copy.onnx gives 3 class scores, but its sidecar names 4 classes",
         "not ONNX": "copy.onnx cannot be run by its runtime",
         "cuda": "an exported file runs on the CPU",
     }

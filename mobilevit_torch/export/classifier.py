@@ -48,8 +48,8 @@ class ExportedClassifier(nn.Module):
 
 def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedClassifier:
     """The exported ``path`` with its sidecar, ready to classify; ``threads`` fixes the runtime's CPU
-    threads (None: its own choice). :class:`ExportError` (one line) for a missing or foreign sidecar,
-    a file its runtime cannot open, or a file whose input size is not the sidecar's."""
+    threads (None: its own choice). :class:`ExportError` (one line) for a missing or unusable sidecar,
+    a file its runtime cannot open, or a file whose input size or number of classes is not the sidecar's."""
     path = Path(path).expanduser()
     if path.suffix not in EXPORTED_SUFFIXES:
         raise ExportError(f"{path}: an exported model is a .onnx or .tflite file")
@@ -63,16 +63,19 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
     except Exception as error:  # each runtime has its own exceptions for a file it cannot read
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(f"{path} cannot be run by its runtime: {first}") from None
-    size, expected = preprocessing.input_size, runner.describe()["input"]
+    size, expected, output = preprocessing.input_size, runner.describe()["input"], runner.describe()["output"]
     sides = expected["shape"][2:4] if expected["layout"] == "NCHW" else expected["shape"][1:3]  # NHWC: [N, H, W, 3]
     if list(sides) != [size, size]:
         raise ExportError(
             f"{path} takes {expected['shape']} input, but its sidecar's preprocessing makes {size} x {size} images"
         )
+    names = sidecar["class_names"]
+    if output["shape"][-1] != len(names):
+        raise ExportError(
+            f"{path} gives {output['shape'][-1]} class scores, but its sidecar names {len(names)} classes"
+        )
     name = f"{sidecar.get('model', 'model')} ({sidecar.get('format')} {sidecar.get('precision')})"
-    return ExportedClassifier(
-        path, runner, class_names=sidecar["class_names"], preprocessing=preprocessing, model_name=name
-    )
+    return ExportedClassifier(path, runner, class_names=names, preprocessing=preprocessing, model_name=name)
 
 
 def exported_device(device: str) -> str:
