@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def main(cfg: DictConfig) -> None:
     finally:
         drop_unused_run_dir(run_dir)
     print(result.summary())
+    shown = result.path.relative_to(Path.cwd()) if result.path.is_relative_to(Path.cwd()) else result.path
+    path = shlex.quote(str(shown))
+    print(f"try it on your photos: python evaluate.py {path} LABELLED_FOLDER, python predict.py {path} PHOTO")
 
 
 if __name__ == "__main__":

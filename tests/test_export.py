@@ -938,6 +938,17 @@ def test_cli_writes_only_the_export(assets: dict[str, Path], tmp_path: Path) -> 
     ]
     assert written[0].parts[:2] == ("outputs", "export") and len(written[0].parts) == 4
     assert not list(tmp_path.rglob(".hydra"))
+    # The last line says how to try the file; its evaluate.py command runs as printed (the folder filled in).
+    hint = done.stdout.strip().splitlines()[-1]
+    assert hint == (
+        f"try it on your photos: python evaluate.py {written[0]} LABELLED_FOLDER, python predict.py {written[0]} PHOTO"
+    )
+    command = hint.split(": ", 1)[1].split(",")[0].replace("LABELLED_FOLDER", str(assets["folder"])).split()
+    evaluated = subprocess.run(
+        [sys.executable, str(REPO / command[1]), *command[2:], "--device", "cpu", "--workers", "0", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0 and "model     mobilevit_xxs (onnx fp32) from " in evaluated.stdout, evaluated
 
 
 def test_config_keys_cover_the_issue() -> None:
