@@ -5,8 +5,8 @@
 
 Prints accuracy, top-5 accuracy (five classes or more) and a per-class table, and writes
 ``confusion_matrix.png`` and ``eval.json`` to ``--output`` (default: ``eval_<folder>/`` next to the
-checkpoint). Class folders are matched to the checkpoint's classes by name. User mistakes end with
-one ``error:`` line and exit status 2.
+checkpoint, ``eval_<folder>_<file>/`` next to an exported file). Class folders are matched to the
+model's classes by name. User mistakes end with one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -45,15 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from mobilevit_torch.evaluation import USER_ERRORS, evaluate_folder, load_model_from_checkpoint, resolve_device
-    from mobilevit_torch.export.classifier import EXPORTED_SUFFIXES, exported_device, load_exported
+    from mobilevit_torch.export.classifier import exported_device, is_exported, load_exported
     from mobilevit_torch.export.errors import ExportError
     from mobilevit_torch.training.plots import plot_confusion_matrix
 
     data_name = args.data_dir.expanduser().resolve().name
-    output = (args.output or args.checkpoint.expanduser().parent / f"eval_{data_name}").expanduser()
+    # An export's report is kept apart from its checkpoint's (the comparison a user makes) when they share a folder.
+    default = f"eval_{data_name}_{args.checkpoint.name}" if is_exported(args.checkpoint) else f"eval_{data_name}"
+    output = (args.output or args.checkpoint.expanduser().parent / default).expanduser()
     created = not output.exists()
     try:
-        if args.checkpoint.suffix in EXPORTED_SUFFIXES:
+        if is_exported(args.checkpoint):
             device, model = exported_device(args.device), load_exported(args.checkpoint)
         else:
             device, model = resolve_device(args.device), load_model_from_checkpoint(args.checkpoint)

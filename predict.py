@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     # Imported only now, so --help and the early errors answer without loading torch (seconds).
     from mobilevit_torch.evaluation import USER_ERRORS, load_model_from_checkpoint, predict_images, resolve_device
-    from mobilevit_torch.export.classifier import EXPORTED_SUFFIXES, exported_device, load_exported
+    from mobilevit_torch.export.classifier import exported_device, is_exported, load_exported
     from mobilevit_torch.export.errors import ExportError
 
     try:
-        if args.checkpoint.suffix in EXPORTED_SUFFIXES:
+        if is_exported(args.checkpoint):
             device, model = exported_device(args.device), load_exported(args.checkpoint)
         else:
             device, model = resolve_device(args.device), load_model_from_checkpoint(args.checkpoint)

@@ -789,8 +789,10 @@ def test_evaluate_and_predict_cli_take_an_exported_file(
 
 
 @pytest.mark.parametrize(
-    "case", ["no sidecar", "not JSON", "not a sidecar", "other size", "other classes", "not ONNX", "cuda"]
-)
+    "case",
+    ["no sidecar", "not JSON", "not a sidecar", "no preprocessing", "other size", "fewer names", "more names",
+     "not ONNX", "cuda"],
+)  # fmt: skip
 def test_an_exported_file_that_cannot_be_run_is_one_line(
     setup: dict, exported: Path, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -805,8 +807,11 @@ def test_an_exported_file_that_cannot_be_run_is_one_line(
     elif case == "other size":
         sidecar["preprocessing"]["input_size"] = 96
         Path(f"{path}.json").write_text(json.dumps(sidecar))
-    elif case == "other classes":
-        sidecar["class_names"] = [*MODEL_CLASSES, "lily"]
+    elif case == "no preprocessing":
+        del sidecar["preprocessing"]
+        Path(f"{path}.json").write_text(json.dumps(sidecar))
+    elif case in ("fewer names", "more names"):  # output i is read as name i: a traceback, or a name never given
+        sidecar["class_names"] = MODEL_CLASSES[:2] if case == "fewer names" else [*MODEL_CLASSES, "lily"]
         Path(f"{path}.json").write_text(json.dumps(sidecar))
     elif case == "not ONNX":
         path.write_bytes(b"not a protobuf")
@@ -819,10 +824,40 @@ def test_an_exported_file_that_cannot_be_run_is_one_line(
         "not JSON": "copy.onnx.json cannot be read as JSON",
         "not a sidecar": "is not an export sidecar: it has no list of class names",
         "other size": "takes [1, 3, 64, 64] input, but its sidecar's preprocessing makes 96 x 96 images",
-        "other classes": "copy.onnx gives 3 class scores, but its sidecar names 4 classes",
+        "no preprocessing": "copy.onnx.json is not an export sidecar: it has no preprocessing",
+        "fewer names": "copy.onnx gives 3 class scores, but its sidecar names 2 classes",
+        "more names": "copy.onnx gives 3 class scores, but its sidecar names 4 classes",
         "not ONNX": "copy.onnx cannot be run by its runtime",
         "cuda": "an exported file runs on the CPU",
     }
     image = sorted(setup["folder"].rglob("*.png"))[0]
     assert _script("predict.py").main([str(path), str(image), "--device", device]) == 2
     _one_error_line(capsys.readouterr().err, messages[case])
+
+
+def test_an_exported_file_however_it_is_named_or_reached(
+    setup: dict, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upper-case suffix and a link to the file (its sidecar beside the file) run; a sidecar or a folder passed
+    for the file is one line naming what to pass; the default report folder is the export's own."""
+    image = sorted(setup["folder"].rglob("*.png"))[0]
+    upper = tmp_path / "MODEL.ONNX"
+    shutil.copy(exported, upper)
+    shutil.copy(f"{exported}.json", f"{upper}.json")
+    link = tmp_path / "latest.onnx"
+    link.symlink_to(exported)
+    for path in (upper, link):
+        assert _script("predict.py").main([str(path), str(image), "--topk", "1"]) == 0, path
+        assert capsys.readouterr().out.splitlines()[0] == str(image)
+    for sidecar in (Path(f"{exported}.json"), Path(f"{exported}.labels.txt")):
+        assert _script("predict.py").main([str(sidecar), str(image)]) == 2
+        message = f"is a sidecar of the exported file model.onnx: pass {exported} itself"
+        _one_error_line(capsys.readouterr().err, message)
+    (tmp_path / "dir.onnx").mkdir()
+    assert _script("predict.py").main([str(tmp_path / "dir.onnx"), str(image)]) == 2
+    _one_error_line(capsys.readouterr().err, "dir.onnx is a folder, not an exported file")
+
+    argv = [str(exported), str(setup["folder"]), "--device", "cpu", "--workers", "0", "--no-progress"]
+    assert _script("evaluate.py").main(argv) == 0
+    report = exported.parent / "eval_photos_model.onnx" / "eval.json"
+    assert json.loads(report.read_text())["checkpoint"] == str(exported)

@@ -23,6 +23,12 @@ from mobilevit_torch.export.sidecar import sidecar_path
 from mobilevit_torch.preprocessing import Preprocessing
 
 EXPORTED_SUFFIXES = (".onnx", ".tflite")
+_SIDECAR_ENDINGS = tuple(suffix + tail for suffix in EXPORTED_SUFFIXES for tail in (".json", ".labels.txt"))
+
+
+def is_exported(path: Path) -> bool:
+    """Whether ``path`` names an exported file (any case) or one of its sidecars (:func:`load_exported` tells which)."""
+    return path.suffix.lower() in EXPORTED_SUFFIXES or path.name.lower().endswith(_SIDECAR_ENDINGS)
 
 
 class ExportedClassifier(nn.Module):
@@ -51,8 +57,13 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
     threads (None: its own choice). :class:`ExportError` (one line) for a missing or unusable sidecar,
     a file its runtime cannot open, or a file whose input size or number of classes is not the sidecar's."""
     path = Path(path).expanduser()
-    if path.suffix not in EXPORTED_SUFFIXES:
+    if path.name.lower().endswith(_SIDECAR_ENDINGS):
+        model = path.name[: -len(".json")] if path.name.lower().endswith(".json") else path.name[: -len(".labels.txt")]
+        raise ExportError(f"{path} is a sidecar of the exported file {model}: pass {path.with_name(model)} itself")
+    if path.suffix.lower() not in EXPORTED_SUFFIXES:
         raise ExportError(f"{path}: an exported model is a .onnx or .tflite file")
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder, not an exported file")
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
     sidecar, preprocessing = _read_sidecar(path)
@@ -69,10 +80,11 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
         raise ExportError(
             f"{path} takes {expected['shape']} input, but its sidecar's preprocessing makes {size} x {size} images"
         )
-    names = sidecar["class_names"]
-    if output["shape"][-1] != len(names):
+    classes, names = _output_classes(output["shape"]), sidecar["class_names"]
+    if classes is not None and classes != len(names):  # output i is read as names[i]: the counts must agree
         raise ExportError(
-            f"{path} gives {output['shape'][-1]} class scores, but its sidecar names {len(names)} classes"
+            f"{path} gives {classes} class scores, but its sidecar names {len(names)} classes "
+            "(a sidecar of another export, or edited)"
         )
     name = f"{sidecar.get('model', 'model')} ({sidecar.get('format')} {sidecar.get('precision')})"
     return ExportedClassifier(path, runner, class_names=names, preprocessing=preprocessing, model_name=name)
@@ -92,6 +104,8 @@ def exported_device(device: str) -> str:
 def _read_sidecar(path: Path) -> tuple[dict[str, Any], Preprocessing]:
     """``<file>.json`` and its preprocessing, checked for what classifying needs: class names, preprocessing."""
     json_path = sidecar_path(path)
+    if not json_path.is_file() and sidecar_path(path.resolve()).is_file():  # a link to the file: beside the file
+        json_path = sidecar_path(path.resolve())
     if not json_path.is_file():
         raise ExportError(
             f"{path} has no sidecar {json_path.name} beside it (export.py writes one; it holds the class names "
@@ -105,8 +119,16 @@ def _read_sidecar(path: Path) -> tuple[dict[str, Any], Preprocessing]:
     pre = sidecar.get("preprocessing") if isinstance(sidecar, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ExportError(f"{json_path} is not an export sidecar: it has no list of class names")
+    if not isinstance(pre, dict):
+        raise ExportError(f"{json_path} is not an export sidecar: it has no preprocessing")
     try:
         preprocessing = Preprocessing.from_dict({k: v for k, v in pre.items() if k != "steps"})  # steps: in words
     except (AttributeError, TypeError, ValueError) as error:
         raise ExportError(f"{json_path} has no usable preprocessing: {error}") from None
     return sidecar, preprocessing
+
+
+def _output_classes(shape: list[Any]) -> int | None:
+    """The class count of an output shape ``[N, classes]``, or None where the file leaves it symbolic."""
+    last = shape[-1] if shape else None
+    return last if isinstance(last, int) and last > 0 else None

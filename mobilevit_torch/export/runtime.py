@@ -32,9 +32,9 @@ class Runner(Protocol):
 def open_runner(path: str | Path, *, threads: int | None = None) -> Runner:
     """A runner for ``path`` chosen by its suffix; ``threads`` fixes the CPU thread count (None: the runtime's)."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         return OnnxRunner(path, threads=threads)
-    if path.suffix == ".tflite":
+    if path.suffix.lower() == ".tflite":
         return TFLiteRunner(path, threads=threads)
     raise ExportError(f"cannot run {path}: expected a .onnx or .tflite file")
 
