@@ -5,6 +5,7 @@ The TFLite conversions (slow: onnx2tf) are in test_export_tflite.py.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -1024,3 +1025,33 @@ def test_the_delegate_notice_is_dropped_and_nothing_else(capfd: pytest.CaptureFi
         os.write(2, b"a warning\n" + DELEGATE_NOTICE + b"\nERROR: something the user must see\n")
     print("after", file=sys.stderr)
     assert capfd.readouterr().err == "before\na warning\nERROR: something the user must see\nafter\n"
+
+
+@pytest.mark.parametrize(
+    ("precision", "level", "message"),
+    [
+        ("int8", logging.WARNING, "calibrating on 15 images, not calib_images=100: all {folder} has for calibration"),
+        ("fp16", logging.INFO, "choosing the float16 weights on 15 images from {folder}"),
+    ],
+)
+def test_what_an_export_says_of_the_training_images_it_uses(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    precision: str, level: int, message: str,
+) -> None:  # fmt: skip
+    """int8 calibrates on the training images (fewer than asked: a warning naming the setting); fp16 chooses its
+    float16 weights on them, which is not calibrating. The conversion itself is stopped: only the words count."""
+    folder = assets["folder"]  # 18 photos: 15 for training, 3 held out
+    assert len(pick_images(folder, calib_images=100, check_images=3).calibration) == 15
+
+    def stop(job: object) -> dict:
+        raise ConversionError("stopped before converting")
+
+    monkeypatch.setattr(exporter_module, "require_modules", lambda *args, **kwargs: None)
+    stopped = dataclasses.replace(formats_module.FORMATS["tflite"], write=stop)
+    monkeypatch.setitem(exporter_module.FORMATS, "tflite", stopped)
+    with caplog.at_level(logging.INFO, logger="mobilevit_torch"), pytest.raises(ConversionError, match="stopped"):
+        export_model(format="tflite", checkpoint=assets["mobilevit_xxs"], precision=precision, data_root=folder,
+                     img_size=64, output=tmp_path / "m.tflite")  # fmt: skip
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "images" in r.getMessage()]
+    assert any(lvl == level and text.startswith(message.format(folder=folder)) for lvl, text in said), said
+    assert not any("calibrating" in text for _, text in said) or precision == "int8", said

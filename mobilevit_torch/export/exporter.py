@@ -168,12 +168,13 @@ def export_model(
                 calibration, _ = load_images(picked.calibration, preprocessing)
                 if 0 < len(calibration) < calib_images and precision in CALIBRATED:
                     logger.warning(
-                        "calibrating on %d images, not the %d asked for (calib_images): all %s has for "
+                        "calibrating on %d images, not calib_images=%d: all %s has for "
                         "calibration; int8 ranges from few photos may clip brighter or darker ones",
                         len(calibration), calib_images, picked.root,
                     )
                 elif len(calibration):
-                    logger.info("calibrating on %d images from %s", len(calibration), picked.root)
+                    purpose = "calibrating" if precision in CALIBRATED else "choosing the float16 weights"
+                    logger.info("%s on %d images from %s", purpose, len(calibration), picked.root)
             if len(check) == 0 or (calibration is not None and len(calibration) == 0):
                 raise ExportError(f"data.root: no readable images in {data_root}")
     real = check is not None
